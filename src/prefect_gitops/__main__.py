@@ -1,0 +1,3 @@
+from prefect_gitops.cli import main
+
+main()

@@ -1,0 +1,51 @@
+"""Error types shared by every layer.
+
+Errors are split the way kopf splits them: a TransientError may succeed if
+retried (network, a busy server); a PermanentError will not (bad input, a
+missing ref) and stops the reconcile with a report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class GitOpsError(Exception):
+    """Base class of every error prefect-gitops raises on purpose."""
+
+
+class TransientError(GitOpsError):
+    """Retrying later may succeed."""
+
+
+class PermanentError(GitOpsError):
+    """Retrying will not help until the input changes."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in the GitOps repo, located as precisely as we can."""
+
+    message: str
+    file: str | None = None
+    line: int | None = None  # 1-based, as editors show it
+    key: str | None = None  # dotted path, e.g. deployments.etl/daily.job_variables.image
+
+    def __str__(self) -> str:
+        where = self.file or "<input>"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.key:
+            where += f": {self.key}"
+        return f"{where}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "line": self.line, "key": self.key, "message": self.message}
+
+
+class ConfigError(PermanentError):
+    """The GitOps repo (or the server it refers to) is not acceptable; nothing was written."""
+
+    def __init__(self, problems: list[ConfigProblem]):
+        self.problems = list(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))

@@ -1,0 +1,145 @@
+"""What prefect-gitops remembers per environment, stored in Prefect (see adapters/prefect_api.py).
+
+Pure data and pure transitions. The inventory is written ahead of every
+apply (entries marked applied=False) and completed after, so a reconcile
+killed at any point leaves enough behind for the next one to converge
+without losing the values that existed before prefect-gitops took a key over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from prefect_gitops.plan import Change, Plan, TargetType
+
+HISTORY_LIMIT = 50
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class ManagedKey(BaseModel):
+    value: Any = Field(description="The value Git asks for (and, once applied, the value written).")
+    applied: bool = Field(description="False while a write of `value` is in flight or failed.")
+    had_previous: bool = Field(description="Whether the key existed before prefect-gitops first set it.")
+    previous: Any = Field(default=None, description="Its value then; restored for pool defaults.")
+    revision: str | None = None
+
+
+class Inventory(BaseModel):
+    work_pools: dict[str, dict[str, ManagedKey]] = Field(default_factory=dict)
+    deployments: dict[str, dict[str, ManagedKey]] = Field(default_factory=dict)
+
+    def section(self, target_type: TargetType) -> dict[str, dict[str, ManagedKey]]:
+        return self.work_pools if target_type == "work_pool" else self.deployments
+
+    def get(self, target_type: TargetType, target: str, key: str) -> ManagedKey | None:
+        return self.section(target_type).get(target, {}).get(key)
+
+    def put(self, target_type: TargetType, target: str, key: str, entry: ManagedKey) -> None:
+        self.section(target_type).setdefault(target, {})[key] = entry
+
+    def drop(self, target_type: TargetType, target: str, key: str) -> None:
+        keys = self.section(target_type).get(target)
+        if keys is not None:
+            keys.pop(key, None)
+            if not keys:
+                del self.section(target_type)[target]
+
+    def count(self) -> int:
+        return sum(len(k) for s in (self.work_pools, self.deployments) for k in s.values())
+
+
+class Condition(BaseModel):
+    ready: bool
+    reason: str  # Applied, NoChange, DriftWarned, ValidationFailed, ApplyFailed, SourceFailed, ...
+    message: str = ""
+    at: dt.datetime = Field(default_factory=utcnow)
+
+
+class HistoryEntry(BaseModel):
+    revision: str
+    outcome: Literal["applied", "partial", "failed"]
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    flow_run_id: str | None = None
+    changes: list[Change] = Field(default_factory=list)
+    failures: list[str] = Field(default_factory=list)
+
+
+class EnvironmentState(BaseModel):
+    environment: str
+    source: str | None = None  # URL without credentials
+    ref: str | None = None
+    last_attempted_revision: str | None = None
+    last_attempted_at: dt.datetime | None = None
+    last_applied_revision: str | None = None
+    last_applied_at: dt.datetime | None = None
+    last_drift_check_at: dt.datetime | None = None
+    drift_check_interval_seconds: int = 300
+    condition: Condition | None = None
+    inventory: Inventory = Field(default_factory=Inventory)
+    history: list[HistoryEntry] = Field(default_factory=list, description="Newest first.")
+
+    def drift_check_due(self, now: dt.datetime) -> bool:
+        if self.last_drift_check_at is None:
+            return True
+        elapsed = (now - self.last_drift_check_at).total_seconds()
+        return elapsed >= self.drift_check_interval_seconds
+
+    def has_unfinished_writes(self) -> bool:
+        return any(
+            not entry.applied
+            for section in (self.inventory.work_pools, self.inventory.deployments)
+            for keys in section.values()
+            for entry in keys.values()
+        )
+
+    def add_history(self, entry: HistoryEntry) -> None:
+        self.history.insert(0, entry)
+        del self.history[HISTORY_LIMIT:]
+
+
+def begin_apply(inventory: Inventory, changes: list[Change], revision: str) -> Inventory:
+    """Write-ahead: claim every key about to be set, remembering what it held before."""
+    out = inventory.model_copy(deep=True)
+    for change in changes:
+        if change.removed_from_git:
+            continue  # the entry (with its previous value) stays until the removal succeeds
+        entry = out.get(change.target_type, change.target, change.key)
+        if entry is None:
+            entry = ManagedKey(value=change.new, applied=False, had_previous=change.old_present, previous=change.old)
+        else:
+            entry = entry.model_copy(update={"value": change.new, "applied": False})
+        entry.revision = revision
+        out.put(change.target_type, change.target, change.key, entry)
+    return out
+
+
+def finish_apply(inventory: Inventory, plan: Plan, applied: list[Change], revision: str) -> Inventory:
+    """Record what was actually written, and adopt keys already in sync."""
+    out = inventory.model_copy(deep=True)
+    for change in applied:
+        if change.removed_from_git:
+            out.drop(change.target_type, change.target, change.key)
+        else:
+            entry = out.get(change.target_type, change.target, change.key)
+            if entry is not None:
+                out.put(change.target_type, change.target, change.key,
+                        entry.model_copy(update={"applied": True, "value": change.new, "revision": revision}))
+    for noop in plan.noops:
+        entry = out.get(noop.target_type, noop.target, noop.key)
+        if noop.reason in ("already-absent", "target-gone"):
+            out.drop(noop.target_type, noop.target, noop.key)
+        elif noop.reason == "in-sync":
+            if entry is None:
+                # Git and the server already agree: take the key over, its current value is its "before".
+                entry = ManagedKey(value=noop.value, applied=True, had_previous=True, previous=noop.value, revision=revision)
+            else:
+                entry = entry.model_copy(update={"applied": True, "value": noop.value})
+            out.put(noop.target_type, noop.target, noop.key, entry)
+    return out
