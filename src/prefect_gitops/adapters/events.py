@@ -1,0 +1,75 @@
+"""Prefect events and artifacts for a finished reconcile, so Automations can notify."""
+
+from __future__ import annotations
+
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.events import emit_event
+
+from prefect_gitops.reconcile import ReconcileResult
+from prefect_gitops.report import markdown
+
+APPLIED = "prefect-gitops.reconcile.applied"
+DRIFT_DETECTED = "prefect-gitops.reconcile.drift-detected"
+FAILED = "prefect-gitops.reconcile.failed"
+
+_RESOURCE_KIND = {"work_pool": "prefect.work-pool", "deployment": "prefect.deployment"}
+
+
+def environment_resource(result: ReconcileResult) -> dict[str, str]:
+    return {
+        "prefect.resource.id": f"prefect-gitops.environment.{result.environment}",
+        "prefect.resource.name": result.environment,
+        "prefect-gitops.revision": result.revision or "",
+    }
+
+
+def _related(result: ReconcileResult, changes) -> list[dict[str, str]]:
+    seen: dict[str, dict[str, str]] = {}
+    for c in changes:
+        target_id = result.targets.get((c.target_type, c.target))
+        if target_id:
+            rid = f"{_RESOURCE_KIND[c.target_type]}.{target_id}"
+            seen[rid] = {"prefect.resource.id": rid, "prefect.resource.role": "gitops-target",
+                         "prefect.resource.name": c.target}
+    return list(seen.values())
+
+
+def _payload(result: ReconcileResult, changes) -> dict:
+    return {
+        "environment": result.environment,
+        "revision": result.revision,
+        "status": result.status,
+        "flow_run_id": result.flow_run_id,
+        "work_pools": sorted({c.target for c in changes if c.target_type == "work_pool"}),
+        "deployments": sorted({c.target for c in changes if c.target_type == "deployment"}),
+        "changes": [c.describe() for c in changes[:200]],
+        "message": result.message[:2000],
+    }
+
+
+def emit_reconcile_events(result: ReconcileResult) -> list[str]:
+    """Emit only what something happened for; return the event names sent."""
+    sent = []
+    plan = result.plan
+    if result.applied:
+        emit_event(APPLIED, environment_resource(result), related=_related(result, result.applied),
+                   payload=_payload(result, result.applied))
+        sent.append(APPLIED)
+    if plan is not None and plan.drift:
+        emit_event(DRIFT_DETECTED, environment_resource(result), related=_related(result, plan.drift),
+                   payload=_payload(result, plan.drift))
+        sent.append(DRIFT_DETECTED)
+    if result.status == "failed":
+        changes = result.failed or (plan.to_apply if plan else [])
+        emit_event(FAILED, environment_resource(result), related=_related(result, changes),
+                   payload=_payload(result, changes))
+        sent.append(FAILED)
+    return sent
+
+
+async def publish_artifact(result: ReconcileResult) -> None:
+    await acreate_markdown_artifact(
+        key=f"gitops-{result.environment}",
+        markdown=markdown(result),
+        description=f"prefect-gitops reconcile of {result.environment}: {result.status}",
+    )

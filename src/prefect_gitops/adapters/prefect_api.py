@@ -1,0 +1,176 @@
+"""The one place that talks to the Prefect API.
+
+Reads are paginated and filtered to the managed names, so a reconcile costs
+a constant number of requests per 200 targets, never one per deployment.
+Writes send a whole target's merged body (the server replaces job_variables
+and base_job_template wholesale). HTTP failures are mapped to
+TransientError (5xx, 429, network) or PermanentError (other 4xx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
+
+import httpx
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import BlockDocumentUpdate, DeploymentUpdate, WorkPoolUpdate
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowFilter,
+    FlowFilterName,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.sorting import DeploymentSort, FlowSort
+from prefect.blocks.core import Block
+from prefect.exceptions import ObjectNotFound
+from pydantic import Field
+
+from prefect_gitops.errors import PermanentError, TransientError
+from prefect_gitops.plan import ActualState, Change, DeploymentActual, PoolActual
+from prefect_gitops.plan import deployment_job_variables_after, pool_template_after
+from prefect_gitops.state import EnvironmentState
+
+PAGE = 200  # the server's cap on one read
+STATE_BLOCK_TYPE = "gitops-environment-state"
+T = TypeVar("T")
+
+
+def state_block_name(environment: str) -> str:
+    return f"gitops-{environment}"
+
+
+class GitOpsEnvironmentState(Block):
+    """The recorded state of one environment; written by prefect-gitops, read by `prefect-gitops status`."""
+
+    _block_type_name = "GitOps Environment State"
+    _block_type_slug = STATE_BLOCK_TYPE
+    _description = ("What prefect-gitops last attempted and applied for one environment: revisions, "
+                    "the inventory of managed keys with their previous values, and the apply history. "
+                    "Written by prefect-gitops; do not edit by hand.")
+
+    state: dict[str, Any] = Field(default_factory=dict, description="EnvironmentState as JSON.")
+
+
+@contextlib.asynccontextmanager
+async def api_errors(what: str) -> AsyncIterator[None]:
+    """Translate client/HTTP failures into our transient/permanent split."""
+    try:
+        yield
+    except ObjectNotFound as exc:
+        raise PermanentError(f"{what}: not found on the Prefect server") from exc
+    except httpx.HTTPStatusError as exc:
+        code = exc.response.status_code
+        detail = exc.response.text[:500]
+        if code == 429 or code >= 500:
+            raise TransientError(f"{what}: the Prefect server answered {code}: {detail}") from exc
+        raise PermanentError(f"{what}: the Prefect server answered {code}: {detail}") from exc
+    except (httpx.TransportError, OSError) as exc:
+        raise TransientError(f"{what}: cannot reach the Prefect server ({type(exc).__name__}: {exc})") from exc
+
+
+async def _paged(read: Callable[[int], Awaitable[list[T]]]) -> list[T]:
+    items: list[T] = []
+    offset = 0
+    while True:
+        page = await read(offset)
+        items.extend(page)
+        if len(page) < PAGE:
+            return items
+        offset += PAGE
+
+
+class PrefectAPI:
+    def __init__(self, client: PrefectClient):
+        self.client = client
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def read_actual(self, pool_names: Iterable[str], deployment_names: Iterable[str]) -> ActualState:
+        deployments = await self.read_deployments(sorted(set(deployment_names)))
+        wanted_pools = set(pool_names) | {d.work_pool_name for d in deployments.values() if d.work_pool_name}
+        pools = await self.read_work_pools(sorted(wanted_pools))
+        return ActualState(work_pools=pools, deployments=deployments)
+
+    async def read_work_pools(self, names: list[str]) -> dict[str, PoolActual]:
+        if not names:
+            return {}
+        flt = WorkPoolFilter(name=WorkPoolFilterName(any_=names))
+        async with api_errors("reading work pools"):
+            pools = await _paged(lambda off: self.client.read_work_pools(work_pool_filter=flt, limit=PAGE, offset=off))
+        return {p.name: PoolActual(name=p.name, id=str(p.id), base_job_template=p.base_job_template or {}) for p in pools}
+
+    async def read_deployments(self, names: list[str]) -> dict[str, DeploymentActual]:
+        """Deployments by "<flow>/<deployment>" name."""
+        if not names:
+            return {}
+        flow_names = sorted({n.split("/", 1)[0] for n in names})
+        deployment_names = sorted({n.split("/", 1)[1] for n in names})
+        flow_filter = FlowFilter(name=FlowFilterName(any_=flow_names))
+        deployment_filter = DeploymentFilter(name=DeploymentFilterName(any_=deployment_names))
+        async with api_errors("reading deployments"):
+            flows = await _paged(lambda off: self.client.read_flows(
+                flow_filter=flow_filter, sort=FlowSort.NAME_ASC, limit=PAGE, offset=off))
+            flow_name_by_id = {f.id: f.name for f in flows}
+            found = await _paged(lambda off: self.client.read_deployments(
+                flow_filter=flow_filter, deployment_filter=deployment_filter,
+                sort=DeploymentSort.NAME_ASC, limit=PAGE, offset=off))
+        wanted = set(names)
+        out: dict[str, DeploymentActual] = {}
+        for d in found:
+            full = f"{flow_name_by_id.get(d.flow_id, '?')}/{d.name}"
+            if full in wanted:
+                out[full] = DeploymentActual(name=full, id=str(d.id), work_pool_name=d.work_pool_name,
+                                             job_variables=dict(d.job_variables or {}))
+        return out
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def write_work_pool(self, pool: PoolActual, changes: list[Change]) -> None:
+        template = pool_template_after(pool, changes)
+        async with api_errors(f"updating work pool {pool.name!r}"):
+            await self.client.update_work_pool(pool.name, WorkPoolUpdate(base_job_template=template))
+
+    async def write_deployment(self, deployment: DeploymentActual, changes: list[Change]) -> None:
+        variables = deployment_job_variables_after(deployment, changes)
+        async with api_errors(f"updating deployment {deployment.name!r}"):
+            await self.client.update_deployment(deployment.id, DeploymentUpdate(job_variables=variables))
+
+    # -- the environment's recorded state (a JSON block named gitops-<env>) ---------------------
+
+    async def read_state(self, environment: str) -> tuple[EnvironmentState, Any]:
+        """The recorded state and an opaque handle for writing it back (None if never written)."""
+        async with api_errors(f"reading the recorded state of {environment!r}"):
+            try:
+                document = await self.client.read_block_document_by_name(
+                    name=state_block_name(environment), block_type_slug=STATE_BLOCK_TYPE)
+            except ObjectNotFound:
+                return EnvironmentState(environment=environment), None
+        value = (document.data or {}).get("state") or {}
+        return EnvironmentState.model_validate({**value, "environment": environment}), document
+
+    async def write_state(self, state: EnvironmentState, handle: Any) -> Any:
+        data = {"state": state.model_dump(mode="json")}
+        name = state_block_name(state.environment)
+        async with api_errors(f"recording the state of {state.environment!r}"):
+            if handle is None:
+                await GitOpsEnvironmentState(state=data["state"]).asave(name, overwrite=True, client=self.client)
+                return await self.client.read_block_document_by_name(name=name, block_type_slug=STATE_BLOCK_TYPE)
+            await self.client.update_block_document(
+                handle.id, BlockDocumentUpdate(block_schema_id=handle.block_schema_id, data=data,
+                                               merge_existing_data=False))
+            return handle
+
+
+async def bounded_gather(limit: int, jobs: list[Callable[[], Awaitable[T]]]) -> list[T | BaseException]:
+    """Run jobs with at most `limit` in flight; return results or exceptions in order."""
+    semaphore = asyncio.Semaphore(max(1, limit))
+
+    async def one(job):
+        async with semaphore:
+            return await job()
+
+    return await asyncio.gather(*(one(j) for j in jobs), return_exceptions=True)

@@ -1,0 +1,159 @@
+"""`prefect-gitops`: plan, apply, status, schema, demo.
+
+Exit codes: plan 0 = no changes, 2 = changes pending, 1 = error;
+apply 0 = applied or nothing to do, 1 = failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from enum import Enum
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class DriftOption(str, Enum):
+    from_file = "from-file"
+    correct = "correct"
+    warn = "warn"
+
+
+SOURCE = typer.Option(..., "--source", help="GitOps repo URL (https, ssh, file:// or a path).")
+REF = typer.Option("main", "--ref", help="Branch, tag or commit SHA.")
+ENV = typer.Option(..., "--env", help="Environment name: <path>/<env>.yaml.")
+PATH = typer.Option("environments", "--path", help="Folder of the environment files.")
+OUTPUT = typer.Option(Output.text, "--output", "-o")
+REVISION = typer.Option(None, "--revision", help="Full commit SHA to use instead of resolving --ref.")
+
+
+def _emit(payload: dict, output: Output, text: str) -> None:
+    if output == Output.json:
+        sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@app.command()
+def plan(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH,
+         revision: Optional[str] = REVISION, output: Output = OUTPUT,
+         drift_mode: DriftOption = typer.Option(DriftOption.from_file, "--drift-mode")) -> None:
+    """Show what apply would change. Exit 0: nothing; 2: changes pending; 1: error."""
+    from prefect import get_client
+
+    from prefect_gitops.adapters.git import GitSource
+    from prefect_gitops.adapters.prefect_api import PrefectAPI
+    from prefect_gitops.reconcile import ReconcileRequest, reconcile
+    from prefect_gitops.report import text
+
+    async def run():
+        request = ReconcileRequest(environment=env, source=GitSource(source), ref=ref, path=path,
+                                   revision=revision, dry_run=True, full_check=True,
+                                   drift_mode=None if drift_mode == DriftOption.from_file else drift_mode.value)
+        async with get_client() as client:
+            return await reconcile(request, PrefectAPI(client))
+
+    result = asyncio.run(run())
+    payload = result.to_json()
+    payload = {k: payload[k] for k in ("revision", "environment", "changes", "errors", "status")}
+    _emit(payload, output, text(result))
+    if not result.ok:
+        raise typer.Exit(1)
+    raise typer.Exit(2 if result.plan and result.plan.changes else 0)
+
+
+@app.command()
+def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH,
+          revision: Optional[str] = REVISION, output: Output = OUTPUT,
+          dry_run: bool = typer.Option(False, "--dry-run", help="Plan in a flow run, write nothing."),
+          drift_mode: DriftOption = typer.Option(DriftOption.from_file, "--drift-mode"),
+          concurrency: int = typer.Option(4, "--concurrency", min=1, max=32)) -> None:
+    """Run the reconcile flow (a real flow run). Exit 0: applied or nothing to do; 1: failed."""
+    from prefect_gitops.flows import ReconcileFailed, reconcile
+
+    async def run():
+        state = await reconcile(environment=env, source_url=source, ref=ref, path=path, revision=revision,
+                                dry_run=dry_run, drift_mode=drift_mode.value, concurrency=concurrency,
+                                return_state=True)
+        outcome = await state.result(raise_on_failure=False)
+        return state, outcome
+
+    state, outcome = asyncio.run(run())
+    flow_run_id = str(state.state_details.flow_run_id)
+    if isinstance(outcome, ReconcileFailed):
+        report = dict(outcome.result)
+    elif isinstance(outcome, dict):
+        report = dict(outcome)
+    else:  # the flow crashed before producing a report (bad parameters, server gone)
+        report = {"environment": env, "status": "failed", "errors": [{"message": str(outcome)}],
+                  "changes": [], "applied": 0, "revision": None, "message": str(outcome)}
+    report["flow_run_id"] = flow_run_id
+    lines = [f"flow run {flow_run_id}: {state.type.value}", f"{report.get('status')}: {report.get('message')}"]
+    lines += [f"  error: {e.get('message') if not e.get('file') else _where(e)}" for e in report.get("errors", [])]
+    lines.append(f"{report.get('applied', 0)} change(s) applied")
+    _ui = _ui_url(flow_run_id)
+    if _ui:
+        lines.append(f"view it at {_ui}")
+    _emit(report, output, "\n".join(lines))
+    raise typer.Exit(0 if state.is_completed() else 1)
+
+
+def _where(problem: dict) -> str:
+    from prefect_gitops.errors import ConfigProblem
+
+    return str(ConfigProblem(**problem))
+
+
+def _ui_url(flow_run_id: str) -> str | None:
+    from prefect.settings import PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value()
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
+
+
+@app.command()
+def status(env: str = ENV, output: Output = OUTPUT) -> None:
+    """What was last attempted and applied, the inventory size and the history."""
+    from prefect import get_client
+
+    from prefect_gitops.adapters.prefect_api import PrefectAPI
+    from prefect_gitops.report import status_text
+
+    async def run():
+        async with get_client() as client:
+            return await PrefectAPI(client).read_state(env)
+
+    state, handle = asyncio.run(run())
+    if handle is None:
+        sys.stderr.write(f"environment {env!r} has never been reconciled on this Prefect server\n")
+        raise typer.Exit(1)
+    _emit(state.model_dump(mode="json"), output, status_text(state))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of an environment file (for editors)."""
+    from prefect_gitops.model import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def demo(keep: bool = typer.Option(False, "--keep", help="Keep the server running until Ctrl-C.")) -> None:
+    """Start a local server (unless PREFECT_API_URL is set), build a sample GitOps repo and reconcile it."""
+    from prefect_gitops.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep))
+
+
+def main() -> None:
+    app()

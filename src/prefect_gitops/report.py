@@ -1,0 +1,105 @@
+"""Render a reconcile result: markdown for the artifact, text for the terminal. Pure."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect_gitops.reconcile import ReconcileResult
+from prefect_gitops.state import EnvironmentState
+
+_OUTCOME = {
+    "applied": "Applied",
+    "in-sync": "In sync: nothing to change",
+    "up-to-date": "Up to date: Git has not moved and no drift check was due",
+    "planned": "Planned only (dry run): nothing was written",
+    "drift-warned": "Drift reported, not corrected (drift mode warn)",
+    "failed": "Failed",
+}
+
+
+def _value(value: Any, present: bool = True) -> str:
+    if not present:
+        return "(absent)"
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(result: ReconcileResult) -> str:
+    lines = [f"# prefect-gitops: {result.environment}", ""]
+    lines.append(f"**Outcome:** {_OUTCOME[result.status]}  ")
+    lines.append(f"**Revision:** `{result.revision or 'unknown'}`  ")
+    if result.file:
+        lines.append(f"**File:** `{result.file}`  ")
+    if result.flow_run_id:
+        lines.append(f"**Flow run:** `{result.flow_run_id}`  ")
+    if result.message:
+        lines.append(f"**Message:** {_md(result.message)}")
+    lines.append("")
+    changes = result.plan.changes if result.plan else []
+    if changes:
+        applied = {id(c) for c in result.applied}
+        failed = {id(c) for c in result.failed}
+        lines += ["## Plan", "", "| Target | Key | Old → New | Reason | Result |", "|---|---|---|---|---|"]
+        for c in changes:
+            if id(c) in applied:
+                outcome = "applied"
+            elif id(c) in failed:
+                outcome = "**failed**"
+            elif not c.apply:
+                outcome = "reported only"
+            else:
+                outcome = "not applied"
+            new = _value(c.new) if c.action == "set" else "(unset)"
+            reason = c.reason + (" (removed from Git)" if c.removed_from_git else "")
+            lines.append(f"| {c.target_type} `{_md(c.target)}` | `{_md(c.key)}` | "
+                         f"`{_md(_value(c.old, c.old_present))}` → `{_md(new)}` | {reason} | {outcome} |")
+        lines.append("")
+    elif result.plan is not None:
+        lines += [f"No changes: {len(result.plan.noops)} managed key(s) in sync.", ""]
+    if result.problems or result.errors:
+        lines += ["## Errors", ""]
+        lines += [f"- {_md(str(p))}" for p in result.problems]
+        lines += [f"- {_md(e)}" for e in result.errors]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def text(result: ReconcileResult) -> str:
+    lines = [f"environment {result.environment} at {result.revision or 'unknown revision'}: {_OUTCOME[result.status]}"]
+    for c in result.plan.changes if result.plan else []:
+        new = _value(c.new) if c.action == "set" else "(unset)"
+        flag = "" if c.apply else "  (reported only)"
+        lines.append(f"  {c.action:5} {c.target_type} {c.target} {c.key}: "
+                     f"{_value(c.old, c.old_present)} -> {new}  [{c.reason}]{flag}")
+    for p in result.problems:
+        lines.append(f"  error: {p}")
+    for e in result.errors:
+        lines.append(f"  error: {e}")
+    if result.status == "applied":
+        lines.append(f"  {len(result.applied)} change(s) applied")
+    return "\n".join(lines)
+
+
+def status_text(state: EnvironmentState) -> str:
+    c = state.condition
+    lines = [
+        f"environment:              {state.environment}",
+        f"source:                   {state.source or '-'} @ {state.ref or '-'}",
+        f"last attempted revision:  {state.last_attempted_revision or '-'} ({state.last_attempted_at or '-'})",
+        f"last applied revision:    {state.last_applied_revision or '-'} ({state.last_applied_at or '-'})",
+        f"ready:                    {'-' if c is None else ('yes' if c.ready else 'no')}"
+        + (f" ({c.reason}: {c.message})" if c else ""),
+        f"managed keys:             {state.inventory.count()}",
+        "history (newest first):",
+    ]
+    for h in state.history[:20]:
+        lines.append(f"  {h.finished_at:%Y-%m-%d %H:%M:%S} {h.revision[:12]} {h.outcome:8} "
+                     f"{len(h.changes)} change(s) flow run {h.flow_run_id or '-'}")
+    if not state.history:
+        lines.append("  (none)")
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""Real Git repositories and real Prefect objects for the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GIT_ID = ["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+class GitRepo:
+    """A real repository made with the git CLI; `url` is its file:// URL."""
+
+    def __init__(self, root: Path, branch: str = "main"):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.git("init", "-q", "-b", branch)
+
+    @property
+    def url(self) -> str:
+        return self.root.as_uri()
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(["git", *GIT_ID, *args], cwd=self.root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    def write(self, relative: str, content: str | dict) -> None:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+
+    def commit(self, message: str = "change", **files: str | dict) -> str:
+        for relative, content in files.items():
+            self.write(relative, content)
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", message)
+        return self.git("rev-parse", "HEAD")
+
+    def commit_env(self, env: str, content: str | dict, message: str = "change") -> str:
+        self.write(f"environments/{env}.yaml", content)
+        return self.commit(message)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _with_client(fn):
+    from prefect import get_client
+
+    async with get_client() as client:
+        return await fn(client)
+
+
+def k8s_template() -> dict:
+    from prefect_kubernetes.worker import KubernetesWorker
+
+    return KubernetesWorker.get_default_base_job_template()
+
+
+def create_pool(name: str, image_default: str | None = None) -> None:
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    template = k8s_template()
+    if image_default is not None:
+        template["variables"]["properties"]["image"]["default"] = image_default
+
+    async def go(client):
+        await client.create_work_pool(WorkPoolCreate(name=name, type="kubernetes", base_job_template=template))
+
+    run(_with_client(go))
+
+
+def create_deployment(flow_name: str, name: str, pool: str, job_variables: dict | None = None) -> str:
+    async def go(client):
+        flow_id = await client.create_flow_from_name(flow_name)
+        return str(await client.create_deployment(flow_id=flow_id, name=name, work_pool_name=pool,
+                                                  job_variables=job_variables or {}))
+
+    return run(_with_client(go))
+
+
+def read_deployment(full_name: str) -> Any:
+    async def go(client):
+        return await client.read_deployment_by_name(full_name)
+
+    return run(_with_client(go))
+
+
+def deployment_job_variables(full_name: str) -> dict:
+    return dict(read_deployment(full_name).job_variables or {})
+
+
+def pool_template(name: str) -> dict:
+    async def go(client):
+        return (await client.read_work_pool(name)).base_job_template
+
+    return run(_with_client(go))
+
+
+def pool_default(name: str, key: str, missing: Any = "<absent>") -> Any:
+    return pool_template(name)["variables"]["properties"][key].get("default", missing)
+
+
+def set_deployment_job_variables(full_name: str, variables: dict) -> None:
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    async def go(client):
+        d = await client.read_deployment_by_name(full_name)
+        await client.update_deployment(d.id, DeploymentUpdate(job_variables=variables))
+
+    run(_with_client(go))
+
+
+def set_pool_default(name: str, key: str, value: Any) -> None:
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    async def go(client):
+        template = (await client.read_work_pool(name)).base_job_template
+        template["variables"]["properties"][key]["default"] = value
+        await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+
+    run(_with_client(go))
+
+
+def server_snapshot(pools: list[str], deployments: list[str]) -> dict:
+    """Everything a reconcile could write to, for 'nothing was written' checks."""
+    return {
+        "pools": {p: pool_template(p) for p in pools},
+        "deployments": {d: deployment_job_variables(d) for d in deployments},
+    }
+
+
+def read_state(env: str):
+    from prefect_gitops.adapters.prefect_api import PrefectAPI
+
+    async def go(client):
+        return await PrefectAPI(client).read_state(env)
+
+    return run(_with_client(go))
+
+
+def cli(*args: str, check_codes=(0,)) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "prefect_gitops", *args], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=300)
+    assert done.returncode in check_codes, f"exit {done.returncode}\nstdout:{done.stdout}\nstderr:{done.stderr}"
+    return done
+
+
+def cli_json(*args: str, check_codes=(0,)) -> tuple[int, dict]:
+    done = cli(*args, "--output", "json", check_codes=check_codes)
+    return done.returncode, json.loads(done.stdout)
