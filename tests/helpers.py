@@ -162,3 +162,37 @@ def cli(*args: str, check_codes=(0,)) -> subprocess.CompletedProcess:
 def cli_json(*args: str, check_codes=(0,)) -> tuple[int, dict]:
     done = cli(*args, "--output", "json", check_codes=check_codes)
     return done.returncode, json.loads(done.stdout)
+
+
+def read_events(event: str, environment: str, wait: float = 20.0) -> list[dict]:
+    """Events of one environment, read back from the server (persisted asynchronously, so poll)."""
+    import time
+
+    import httpx
+
+    url = os.environ["PREFECT_API_URL"]
+    body = {
+        "filter": {
+            "event": {"name": [event]},
+            "resource": {"id": [f"prefect-gitops.environment.{environment}"]},
+            "occurred": {"since": "2000-01-01T00:00:00Z"},
+        },
+        "limit": 50,
+    }
+    deadline = time.monotonic() + wait
+    while True:
+        response = httpx.post(f"{url}/events/filter", json=body, timeout=10)
+        response.raise_for_status()
+        events = response.json()["events"]
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
+
+
+def read_artifacts(key: str) -> list[Any]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def go(client):
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    return run(_with_client(go))

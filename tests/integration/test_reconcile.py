@@ -15,6 +15,9 @@ from helpers import (
     set_deployment_job_variables,
     set_pool_default,
     uid,
+    cli,
+    read_artifacts,
+    read_events,
 )
 
 
@@ -88,3 +91,109 @@ def test_plan_apply_noop_and_git_change(estate):
         (e["daily"], "image", "registry.example.com/flows:1.4.3", "registry.example.com/flows:1.5.0")]
     state, _ = read_state(e["env"])
     assert state.last_applied_revision == sha2 and len(state.history) == 2
+
+
+def test_drift_is_corrected_and_reported(estate):
+    e = estate
+    e["repo"].commit_env(e["env"], desired(e))
+    cli_json("apply", *flags(e))
+    # someone edits the deployment and the pool in the UI
+    set_deployment_job_variables(e["daily"], {
+        "namespace": "jobs", "image": "registry.example.com/flows:hotfix", "env": {"LOG_LEVEL": "debug"}})
+    set_pool_default(e["pool"], "image", "registry.example.com/flows:ui-edit")
+
+    code, planned = cli_json("plan", *flags(e), check_codes=(2,))
+    assert {(c["target"], c["key"], c["reason"], c["old"]) for c in planned["changes"]} == {
+        (e["daily"], "image", "drift", "registry.example.com/flows:hotfix"),
+        (e["pool"], "image", "drift", "registry.example.com/flows:ui-edit"),
+    }
+    # Git has not moved, but a drift check is due (the default interval is for scheduled runs;
+    # the file sets 0 here so every reconcile checks)
+    e["repo"].commit_env(e["env"], desired(e, drift={"check_interval_seconds": 0}))
+    code, applied = cli_json("apply", *flags(e))
+    assert applied["applied"] == 2
+    assert deployment_job_variables(e["daily"])["image"] == "registry.example.com/flows:1.4.3"
+    assert pool_default(e["pool"], "image") == "registry.example.com/flows:1.4.2"
+    # the inventory still remembers the pool default from before prefect-gitops took over
+    state, _ = read_state(e["env"])
+    assert state.inventory.work_pools[e["pool"]]["image"].previous == "registry.example.com/flows:1.0.0"
+
+    drift_events = read_events("prefect-gitops.reconcile.drift-detected", e["env"])
+    assert len(drift_events) == 1
+    payload = drift_events[0]["payload"]
+    assert payload["revision"] == applied["revision"]
+    assert payload["deployments"] == [e["daily"]] and payload["work_pools"] == [e["pool"]]
+    related = {r["prefect.resource.id"].split(".")[1] for r in drift_events[0]["related"]
+               if r.get("prefect.resource.role") == "gitops-target"}
+    assert related == {"deployment", "work-pool"}
+    applied_events = read_events("prefect-gitops.reconcile.applied", e["env"])
+    assert len(applied_events) == 2  # the first apply and the drift correction
+
+
+def test_drift_warn_reports_without_writing(estate):
+    e = estate
+    e["repo"].commit_env(e["env"], desired(e, drift={"mode": "warn", "check_interval_seconds": 0}))
+    cli_json("apply", *flags(e))
+    set_deployment_job_variables(e["daily"], {"image": "registry.example.com/flows:hotfix"})
+
+    code, result = cli_json("apply", *flags(e))
+    assert result["status"] == "drift-warned" and result["applied"] == 0
+    # both edits (image changed, env dropped) are drift: reported, not corrected
+    assert {(c["key"], c["reason"], c["apply"]) for c in result["changes"]} == {
+        ("image", "drift", False), ("env", "drift", False)}
+    assert deployment_job_variables(e["daily"]) == {"image": "registry.example.com/flows:hotfix"}
+    state, _ = read_state(e["env"])
+    assert state.condition.reason == "DriftWarned" and state.condition.ready is False
+    # the flag overrides the file
+    code, result = cli_json("apply", *flags(e, "--drift-mode", "correct"))
+    assert deployment_job_variables(e["daily"])["image"] == "registry.example.com/flows:1.4.3"
+
+
+def test_removed_keys_are_unset_and_pool_defaults_restored(estate):
+    e = estate
+    e["repo"].commit_env(e["env"], desired(e, extra_daily={"namespace": "etl"}))
+    cli_json("apply", *flags(e))
+    assert deployment_job_variables(e["daily"])["namespace"] == "etl"
+
+    # drop the pool section and the deployment's env key
+    e["repo"].commit_env(e["env"], {"deployments": {e["daily"]: {"job_variables": {
+        "image": "registry.example.com/flows:1.4.3", "namespace": "etl"}}}})
+    code, result = cli_json("apply", *flags(e))
+    assert {(c["target"], c["key"], c["action"]) for c in result["changes"]} == {
+        (e["daily"], "env", "unset"), (e["pool"], "image", "set")}
+    assert deployment_job_variables(e["daily"]) == {"namespace": "etl", "image": "registry.example.com/flows:1.4.3"}
+    assert pool_default(e["pool"], "image") == "registry.example.com/flows:1.0.0"  # restored
+    state, _ = read_state(e["env"])
+    assert e["pool"] not in state.inventory.work_pools
+
+    # keys never managed are never touched: namespace existed before ("jobs") but Git now owns it;
+    # removing it from Git unsets it, while hourly (never in Git) keeps whatever it has
+    set_deployment_job_variables(e["hourly"], {"cpu_request": "2"})
+    e["repo"].commit_env(e["env"], {"deployments": {}})
+    cli_json("apply", *flags(e))
+    assert deployment_job_variables(e["daily"]) == {}
+    assert deployment_job_variables(e["hourly"]) == {"cpu_request": "2"}
+
+
+def test_status_artifact_and_history(estate):
+    e = estate
+    sha = e["repo"].commit_env(e["env"], desired(e))
+    code, applied = cli_json("apply", *flags(e))
+
+    code, status = cli_json("status", "--env", e["env"])
+    assert status["last_applied_revision"] == sha and status["last_attempted_revision"] == sha
+    assert status["condition"]["ready"] is True and status["condition"]["reason"] == "Applied"
+    assert status["history"][0]["flow_run_id"] == applied["flow_run_id"]
+    assert {c["key"] for c in status["history"][0]["changes"]} == {"image", "env"}
+    assert status["inventory"]["deployments"][e["daily"]]["image"]["value"] == "registry.example.com/flows:1.4.3"
+    text = cli("status", "--env", e["env"]).stdout
+    assert sha in text and "applied" in text
+
+    artifacts = read_artifacts(f"gitops-{e['env']}")
+    assert len(artifacts) == 1
+    md = artifacts[0].data
+    assert "| Target | Key | Old → New | Reason | Result |" in md
+    assert f"`{e['daily']}` | `image` | `(absent)` → `\"registry.example.com/flows:1.4.3\"` | desired | applied |" in md
+    assert sha in md
+
+    cli("status", "--env", "never-reconciled-env", check_codes=(1,))
