@@ -72,7 +72,7 @@ class ReconcileResult:
             "status": self.status,
             "message": self.message,
             "changes": [
-                {k: v for k, v in c.model_dump(mode="json").items() if k != "old_present"} for c in changes
+                c.model_dump(mode="json") for c in changes
             ],
             "errors": [p.to_dict() for p in self.problems] + [{"message": e} for e in self.errors],
             "applied": len(self.applied),

@@ -1,0 +1,207 @@
+"""`prefect-gitops demo`: a sample GitOps repo reconciled against a real local Prefect server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GIT_ID = ["-c", "user.name=prefect-gitops demo", "-c", "user.email=demo@example.com", "-c", "commit.gpgsign=false"]
+
+QA = """\
+# environments/qa.yaml: what the qa work pool and deployments run
+work_pools:
+  demo-k8s-qa:
+    job_variables:
+      image: registry.example.com/flows:1.5.0-rc1
+      namespace: flows-qa
+deployments:
+  etl/qa-daily:
+    job_variables:
+      env: {LOG_LEVEL: debug}
+"""
+
+PROD = """\
+# environments/prod.yaml: what the prod work pool and deployments run
+work_pools:
+  demo-k8s-prod:
+    job_variables:
+      image: registry.example.com/flows:1.4.2
+      namespace: flows-prod
+deployments:
+  etl/prod-daily:
+    job_variables:
+      image: registry.example.com/flows:TAG
+      env: {LOG_LEVEL: info}
+  reports/prod-weekly:
+    job_variables:
+      cpu_request: "500m"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _local_server():
+    """A throwaway Prefect server (SQLite in a temporary home) unless PREFECT_API_URL is set."""
+    if os.environ.get("PREFECT_API_URL"):
+        print(f"using the Prefect server at {os.environ['PREFECT_API_URL']}")
+        yield None
+        return
+    home = tempfile.mkdtemp(prefix="prefect-gitops-demo-")
+    port = _free_port()
+    os.environ.update(
+        PREFECT_HOME=home, PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_UI_URL=f"http://127.0.0.1:{port}",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
+    )
+    log = open(Path(home) / "server.log", "w")
+    print(f"starting a local Prefect server on 127.0.0.1:{port} (home {home}) ...")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{os.environ['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server did not start; see {home}/server.log")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        _flush_to_api()
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
+        log.close()
+
+
+def _flush_to_api() -> None:
+    """Send buffered logs and events before the server goes away."""
+    with contextlib.suppress(Exception):
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()
+    with contextlib.suppress(Exception):
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all()
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _make_repo(root: Path) -> Path:
+    repo = root / "gitops"
+    (repo / "environments").mkdir(parents=True)
+    (repo / "environments" / "qa.yaml").write_text(QA)
+    (repo / "environments" / "prod.yaml").write_text(PROD.replace("TAG", "1.4.3"))
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "Describe qa and prod")
+    return repo
+
+
+async def _create_estate() -> None:
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect_kubernetes.worker import KubernetesWorker
+
+    async with get_client() as client:
+        for pool in ("demo-k8s-qa", "demo-k8s-prod"):
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.create_work_pool(WorkPoolCreate(
+                    name=pool, type="kubernetes", base_job_template=KubernetesWorker.get_default_base_job_template()))
+        for full, pool in (("etl/qa-daily", "demo-k8s-qa"), ("etl/prod-daily", "demo-k8s-prod"),
+                           ("reports/prod-weekly", "demo-k8s-prod")):
+            flow_name, name = full.split("/")
+            flow_id = await client.create_flow_from_name(flow_name)
+            try:
+                await client.read_deployment_by_name(full)
+            except Exception:
+                await client.create_deployment(flow_id=flow_id, name=name, work_pool_name=pool)
+
+
+def _reconcile(repo: Path, env: str) -> dict:
+    from prefect_gitops.flows import ReconcileFailed, reconcile
+
+    async def run():
+        state = await reconcile(environment=env, source_url=repo.as_uri(), return_state=True)
+        return state, await state.result(raise_on_failure=False)
+
+    state, outcome = asyncio.run(run())
+    report = outcome.result if isinstance(outcome, ReconcileFailed) else outcome
+    if not isinstance(report, dict):
+        raise SystemExit(f"reconcile of {env} crashed: {outcome}")
+    report["flow_run_id"] = str(state.state_details.flow_run_id)
+    return report
+
+
+def _show(title: str, report: dict) -> None:
+    from prefect.settings import PREFECT_UI_URL
+
+    from prefect_gitops.report import _value
+
+    print(f"\n== {title}: {report['status']} at {str(report['revision'])[:12]} ==")
+    for c in report["changes"]:
+        new = _value(c["new"]) if c["action"] == "set" else "(unset)"
+        old = _value(c["old"], c["old_present"])
+        print(f"  {c['action']:5} {c['target_type']:10} {c['target']:20} {c['key']:12} {old} -> {new}  [{c['reason']}]")
+    for e in report["errors"]:
+        print(f"  error: {e}")
+    print(f"  {report['applied']} change(s) applied; "
+          f"flow run {PREFECT_UI_URL.value().rstrip('/')}/runs/flow-run/{report['flow_run_id']}")
+
+
+def run_demo(keep: bool = False) -> int:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own summary
+    with _local_server(), tempfile.TemporaryDirectory(prefix="prefect-gitops-demo-repo-") as tmp:
+        asyncio.run(_create_estate())
+        repo = _make_repo(Path(tmp))
+        print(f"sample GitOps repo: {repo}")
+        qa = _reconcile(repo, "qa")
+        _show("qa", qa)
+        prod = _reconcile(repo, "prod")
+        _show("prod", prod)
+
+        (repo / "environments" / "prod.yaml").write_text(PROD.replace("TAG", "1.4.4"))
+        _git(repo, "commit", "-q", "-am", "prod: etl/prod-daily to 1.4.4")
+        print("\ncommitted a tag change to environments/prod.yaml (1.4.3 -> 1.4.4); reconciling prod again")
+        again = _reconcile(repo, "prod")
+        _show("prod after the tag change", again)
+
+        ok = (all(r["status"] in ("applied", "in-sync") for r in (qa, prod, again))
+              and again["applied"] == 1 and again["changes"][0]["new"] == "registry.example.com/flows:1.4.4")
+        print("\nstatus: prefect-gitops status --env prod (with PREFECT_API_URL set to this server)")
+        from prefect_gitops.cli import app  # noqa: F401  (imported for the same settings)
+        from prefect_gitops.report import status_text
+        from prefect_gitops.adapters.prefect_api import PrefectAPI
+        from prefect import get_client
+
+        async def status():
+            async with get_client() as client:
+                return (await PrefectAPI(client).read_state("prod"))[0]
+
+        print(status_text(asyncio.run(status())))
+        if keep:
+            print(f"\nthe server keeps running at {os.environ['PREFECT_UI_URL']}; Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+        print("\ndemo " + ("passed" if ok else "FAILED"))
+        return 0 if ok else 1

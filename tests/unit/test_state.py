@@ -1,0 +1,57 @@
+"""The inventory's write-ahead transitions: a crash between any two steps loses nothing."""
+
+from __future__ import annotations
+
+from prefect_gitops.model import EnvironmentFile
+from prefect_gitops.plan import ActualState, DeploymentActual, PoolActual, plan
+from prefect_gitops.state import EnvironmentState, HistoryEntry, Inventory, begin_apply, finish_apply, utcnow
+
+POOL = {"variables": {"properties": {"image": {"type": "string", "default": "flows:0"}}}}
+
+
+def actual(pool_image: str) -> ActualState:
+    template = {"variables": {"properties": {"image": {"type": "string", "default": pool_image}}}}
+    return ActualState(work_pools={"k8s": PoolActual("k8s", "id", template)})
+
+
+def desired(image: str | None) -> EnvironmentFile:
+    pools = {"k8s": {"job_variables": {"image": image}}} if image else {}
+    return EnvironmentFile.model_validate({"work_pools": pools})
+
+
+def test_crash_after_write_keeps_the_original_previous_value():
+    first = plan(desired("flows:1"), actual("flows:0"), Inventory(), "correct")
+    ahead = begin_apply(Inventory(), first.to_apply, "rev1")
+    entry = ahead.get("work_pool", "k8s", "image")
+    assert (entry.applied, entry.previous, entry.had_previous) == (False, "flows:0", True)
+
+    # killed after the server took the write, before finish_apply: the next reconcile sees it in sync
+    second = plan(desired("flows:1"), actual("flows:1"), ahead, "correct")
+    assert second.changes == [] and second.noops[0].reason == "in-sync"
+    done = finish_apply(ahead, second, [], "rev1")
+    entry = done.get("work_pool", "k8s", "image")
+    assert (entry.applied, entry.previous) == (True, "flows:0")
+
+    # and removing the key from Git restores the value from before prefect-gitops
+    third = plan(desired(None), actual("flows:1"), done, "correct")
+    assert [(c.action, c.new, c.removed_from_git) for c in third.changes] == [("set", "flows:0", True)]
+    assert finish_apply(done, third, third.to_apply, "rev2").count() == 0
+
+
+def test_failed_write_is_not_recorded_as_applied():
+    first = plan(desired("flows:1"), actual("flows:0"), Inventory(), "correct")
+    ahead = begin_apply(Inventory(), first.to_apply, "rev1")
+    after_failure = finish_apply(ahead, first, [], "rev1")
+    assert after_failure.get("work_pool", "k8s", "image").applied is False
+    retry = plan(desired("flows:1"), actual("flows:0"), after_failure, "correct")
+    assert retry.changes[0].reason == "desired"  # not mistaken for drift
+
+
+def test_state_round_trips_and_history_is_capped():
+    state = EnvironmentState(environment="prod")
+    now = utcnow()
+    for i in range(60):
+        state.add_history(HistoryEntry(revision=f"{i:040d}", outcome="applied", started_at=now, finished_at=now))
+    assert len(state.history) == 50 and state.history[0].revision == f"{59:040d}"
+    assert EnvironmentState.model_validate(state.model_dump(mode="json")) == state
+    assert state.drift_check_due(now)
