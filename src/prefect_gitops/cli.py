@@ -76,16 +76,35 @@ def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH
           revision: Optional[str] = REVISION, output: Output = OUTPUT,
           dry_run: bool = typer.Option(False, "--dry-run", help="Plan in a flow run, write nothing."),
           drift_mode: DriftOption = typer.Option(DriftOption.from_file, "--drift-mode"),
-          concurrency: int = typer.Option(4, "--concurrency", min=1, max=32)) -> None:
-    """Run the reconcile flow (a real flow run). Exit 0: applied or nothing to do; 1: failed."""
-    from prefect_gitops.flows import ReconcileFailed, reconcile
+          concurrency: int = typer.Option(4, "--concurrency", min=1, max=32),
+          force: bool = typer.Option(False, "--force", help="Apply even the revision a rollback moved away from.")) -> None:
+    """Run the reconcile flow (a real flow run). Exit 0: applied, nothing to do or rolled back; 1: failed."""
+    from prefect_gitops.flows import reconcile
+
+    _run_flow(reconcile, output, env, environment=env, source_url=source, ref=ref, path=path, revision=revision,
+              dry_run=dry_run, drift_mode=drift_mode.value, concurrency=concurrency, force=force)
+
+
+@app.command()
+def rollback(env: str = ENV, to: Optional[str] = typer.Option(None, "--to", help="Revision from the history."),
+             steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Applied revisions to go back."),
+             output: Output = OUTPUT, concurrency: int = typer.Option(4, "--concurrency", min=1, max=32)) -> None:
+    """Restore the job variables as applied at an earlier revision (runs the rollback flow)."""
+    from prefect_gitops.flows import rollback as rollback_flow
+
+    if (to is None) == (steps is None):
+        sys.stderr.write("give exactly one of --to REVISION or --steps N\n")
+        raise typer.Exit(1)
+    _run_flow(rollback_flow, output, env, environment=env, to_revision=to, steps=steps, concurrency=concurrency)
+
+
+def _run_flow(flow_fn, output: Output, env: str, **parameters) -> None:
+    """Run a control flow in-process (a real flow run), print its report, exit 0 only if it completed."""
+    from prefect_gitops.flows import ReconcileFailed
 
     async def run():
-        state = await reconcile(environment=env, source_url=source, ref=ref, path=path, revision=revision,
-                                dry_run=dry_run, drift_mode=drift_mode.value, concurrency=concurrency,
-                                return_state=True)
-        outcome = await state.result(raise_on_failure=False)
-        return state, outcome
+        state = await flow_fn(**parameters, return_state=True)
+        return state, await state.result(raise_on_failure=False)
 
     state, outcome = asyncio.run(run())
     flow_run_id = str(state.state_details.flow_run_id)
@@ -98,11 +117,13 @@ def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH
                   "changes": [], "applied": 0, "revision": None, "message": str(outcome)}
     report["flow_run_id"] = flow_run_id
     lines = [f"flow run {flow_run_id}: {state.type.value}", f"{report.get('status')}: {report.get('message')}"]
+    for test in report.get("smoke_tests", []):
+        lines.append(f"  smoke test {test['kind']} {test['image']}: {test.get('result', 'not run')} {test.get('message', '')}")
     lines += [f"  error: {e.get('message') if not e.get('file') else _where(e)}" for e in report.get("errors", [])]
     lines.append(f"{report.get('applied', 0)} change(s) applied")
-    _ui = _ui_url(flow_run_id)
-    if _ui:
-        lines.append(f"view it at {_ui}")
+    ui = _ui_url(flow_run_id)
+    if ui:
+        lines.append(f"view it at {ui}")
     _emit(report, output, "\n".join(lines))
     raise typer.Exit(0 if state.is_completed() else 1)
 

@@ -11,7 +11,9 @@ from pydantic import Field
 from prefect_gitops.adapters.git import GitSource
 from prefect_gitops.adapters.prefect_api import PrefectAPI
 from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN
-from prefect_gitops.reconcile import ReconcileRequest, reconcile as run_reconcile
+from prefect_gitops.adapters.smoke_runner import SmokeRunner
+from prefect_gitops.reconcile import ReconcileRequest, RollbackRequest, reconcile as run_reconcile
+from prefect_gitops.reconcile import rollback as run_rollback
 from prefect_gitops.report import text
 
 
@@ -48,21 +50,56 @@ async def reconcile(
                     "from-file: the environment file's drift.mode (default correct).")] = "from-file",
     concurrency: Annotated[int, Field(
         title="Write concurrency", description="Targets updated at once.", ge=1, le=32)] = 4,
+    force: Annotated[bool, Field(
+        title="Force", description="Apply even the revision a rollback moved away from.")] = False,
 ) -> dict[str, Any]:
-    from prefect_gitops.adapters.events import emit_reconcile_events, publish_artifact
-
     logger = get_run_logger()
     request = ReconcileRequest(
         environment=environment, source=GitSource(source_url), ref=ref, path=path, revision=revision,
         dry_run=dry_run, drift_mode=None if drift_mode == "from-file" else drift_mode,
-        concurrency=concurrency, flow_run_id=str(flow_run.get_id() or "") or None,
+        concurrency=concurrency, flow_run_id=_flow_run_id(), force=force,
     )
     async with get_client() as client:
-        result = await run_reconcile(request, PrefectAPI(client))
-    logger.info("%s", text(result))
+        runner = SmokeRunner(client, environment, logger, concurrency=SMOKE_CONCURRENCY)
+        result = await run_reconcile(request, PrefectAPI(client), runner)
+    return await _finish(result, "reconcile")
+
+
+@flow(name="gitops-rollback", description="Restore an environment's job variables as applied at an earlier revision.")
+async def rollback(
+    environment: Annotated[str, Field(
+        title="Environment", description="The environment to roll back.", pattern=ENVIRONMENT_NAME_PATTERN)],
+    to_revision: Annotated[str | None, Field(
+        title="To revision", description="A revision from the history (at least 7 characters of its SHA).",
+        pattern=r"^[0-9a-f]{7,40}$")] = None,
+    steps: Annotated[int | None, Field(
+        title="Steps back", description="Go back this many applied revisions (used when no revision is given).",
+        ge=1, le=50)] = None,
+    concurrency: Annotated[int, Field(
+        title="Write concurrency", description="Targets updated at once.", ge=1, le=32)] = 4,
+) -> dict[str, Any]:
+    request = RollbackRequest(environment=environment, to_revision=to_revision, steps=steps,
+                              concurrency=concurrency, flow_run_id=_flow_run_id())
+    async with get_client() as client:
+        result = await run_rollback(request, PrefectAPI(client))
+    return await _finish(result, "rollback")
+
+
+SMOKE_CONCURRENCY = 4
+
+
+def _flow_run_id() -> str | None:
+    return str(flow_run.get_id() or "") or None
+
+
+async def _finish(result, what: str) -> dict[str, Any]:
+    """Log, publish the artifact and the events, and end the run Failed when it failed."""
+    from prefect_gitops.adapters.events import emit_reconcile_events, publish_artifact
+
+    get_run_logger().info("%s", text(result))
     await publish_artifact(result)
     emit_reconcile_events(result)
     report = result.to_json()
     if not result.ok:
-        raise ReconcileFailed(f"reconcile of {environment} failed ({result.error_kind}): {result.message}", report)
+        raise ReconcileFailed(f"{what} of {result.environment} failed ({result.error_kind}): {result.message}", report)
     return report

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 ENVIRONMENT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
@@ -22,12 +22,96 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ClusterSpec(_Strict):
+    """Which cluster smoke-test Jobs run on; at most one of the three ways."""
+
+    credentials_block: str | None = Field(
+        default=None, description="Name of a saved KubernetesCredentials block (prefect-kubernetes).")
+    kubeconfig: str | None = Field(default=None, description="Path of a kubeconfig file on the worker.")
+    context: str | None = Field(default=None, description="Context in the kubeconfig (default: its current one).")
+    in_cluster: bool = Field(default=False, description="Use the pod's service account (the worker runs in the cluster).")
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        ways = [self.credentials_block is not None, self.kubeconfig is not None, self.in_cluster]
+        if sum(ways) > 1:
+            raise ValueError("give one of credentials_block, kubeconfig or in_cluster")
+        if self.context and not self.kubeconfig:
+            raise ValueError("context needs kubeconfig")
+        return self
+
+
+class KubernetesSmokeSpec(_Strict):
+    command: list[str] | None = Field(default=None, description="The container's command (entrypoint).")
+    args: list[str] = Field(default_factory=list, description="The container's args.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables of the container.")
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    service_account: str | None = None
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    resources: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description='{"requests": {"cpu": "100m"}, "limits": {"memory": "256Mi"}}')
+    backoff_limit: int = Field(default=0, ge=0, le=10)
+    ttl_seconds_after_finished: int | None = Field(default=600, ge=0)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value):
+        unknown = set(value) - {"requests", "limits"}
+        if unknown:
+            raise ValueError(f"resources takes requests and limits, not {sorted(unknown)}")
+        return value
+
+
+class CanarySpec(_Strict):
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Parameters of the canary run.")
+    deployment: DeploymentName | None = Field(
+        default=None,
+        description="Deployment to run as the canary of a work pool change (a deployment change runs itself).")
+
+
+class ProcessSpec(_Strict):
+    command: list[str] = Field(
+        min_length=1, description="Runs locally with SMOKE_IMAGE set; does NOT isolate the image.")
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class PostApplySpec(_Strict):
+    kind: Literal["canary", "none"] = "none"
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    deployment: DeploymentName | None = Field(
+        default=None, description="Deployment to run after a work pool change (deployment changes run themselves).")
+    timeout_seconds: int = Field(default=600, ge=1, le=86400)
+
+
+class SmokeTestOverride(_Strict):
+    """A work pool's or deployment's smoke_test: any field overrides the environment's."""
+
+    kind: Literal["kubernetes", "canary", "process", "none"] | None = None
+    when: Literal["image-changed", "always"] | None = None
+    timeout_seconds: int | None = Field(default=None, ge=1, le=86400)
+    kubernetes: KubernetesSmokeSpec | None = None
+    canary: CanarySpec | None = None
+    process: ProcessSpec | None = None
+
+
+class SmokeTestPolicy(SmokeTestOverride):
+    """The environment's smoke_test."""
+
+    gate: Literal["all-or-nothing", "per-target"] = Field(
+        default="all-or-nothing",
+        description="all-or-nothing: one failed test holds every change back; "
+                    "per-target: changes that passed (or needed no test) are applied.")
+    post_apply: PostApplySpec = Field(default_factory=PostApplySpec)
+
+
 class WorkPoolSpec(_Strict):
     job_variables: JobVariables = Field(
         default_factory=dict,
         description="Defaults of the pool's base job template variables "
         "(base_job_template.variables.properties.KEY.default).",
     )
+    smoke_test: SmokeTestOverride | None = None
 
 
 class DeploymentSpec(_Strict):
@@ -35,6 +119,7 @@ class DeploymentSpec(_Strict):
         default_factory=dict,
         description="The deployment's own job variables; they override the work pool's defaults.",
     )
+    smoke_test: SmokeTestOverride | None = None
 
 
 class DriftPolicy(_Strict):
@@ -68,6 +153,9 @@ class EnvironmentFile(_Strict):
         description='Deployments by "<flow name>/<deployment name>", as `prefect deployment ls` names them.',
     )
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
+    smoke_test: SmokeTestPolicy = Field(
+        default_factory=SmokeTestPolicy,
+        description="How new images are proven before they are applied; overridable per pool and deployment.")
 
 
 def json_schema() -> dict:

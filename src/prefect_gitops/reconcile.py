@@ -1,33 +1,44 @@
-"""One reconcile, read as Flux's: fetch -> build -> diff -> apply -> record.
+"""One reconcile, read as Flux's: fetch -> build -> diff -> smoke-test -> apply -> check -> record.
 
-This layer decides nothing itself (the planner does) and does no I/O itself
-(the adapters do); it walks the steps and keeps the record honest: the
-inventory is written ahead of every write, a revision is recorded as applied
-only when every change of it was applied.
+This layer decides nothing itself (the planner and the smoke planner do) and
+does no I/O itself (the adapters do); it walks the steps and keeps the record
+honest: the inventory is written ahead of every write, and a revision is
+recorded as applied only when every change of it was applied and proven.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
-from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from prefect_gitops.adapters.git import Source
 from prefect_gitops.adapters.prefect_api import PrefectAPI, bounded_gather
 from prefect_gitops.errors import ConfigError, ConfigProblem, GitOpsError, PermanentError, TransientError
-from prefect_gitops.loader import LoadedEnvironment, load_environment
-from prefect_gitops.plan import Change, DriftMode, Plan, plan
+from prefect_gitops.loader import load_environment
+from prefect_gitops.model import EnvironmentFile
+from prefect_gitops.plan import ActualState, Change, DeploymentActual, DriftMode, Plan, PoolActual, plan
+from prefect_gitops.plan import deployment_job_variables_after, pool_template_after
+from prefect_gitops.smoke import SmokeResult, SmokeTest, changes_by_target, gate, policy_problems, smoke_tests_for
 from prefect_gitops.state import (
     Condition,
     EnvironmentState,
     HistoryEntry,
+    RolledBack,
     begin_apply,
+    find_rollback_target,
     finish_apply,
     utcnow,
+    values_at,
 )
 
-Status = Literal["applied", "in-sync", "up-to-date", "planned", "drift-warned", "failed"]
+Status = Literal["applied", "in-sync", "up-to-date", "planned", "drift-warned", "rolled-back", "failed"]
+
+
+class SmokeRunnerLike(Protocol):
+    async def run_all(self, tests: list[SmokeTest]) -> dict[str, SmokeResult]: ...
+    async def post_apply(self, deployments: list[str], parameters: dict, timeout: int) -> dict[str, SmokeResult]: ...
 
 
 @dataclass
@@ -42,6 +53,7 @@ class ReconcileRequest:
     concurrency: int = 4  # writes in flight at once
     flow_run_id: str | None = None
     full_check: bool = False  # skip the "Git unchanged, no drift check due" shortcut
+    force: bool = False  # apply even the revision a rollback moved away from
 
 
 @dataclass
@@ -55,6 +67,12 @@ class ReconcileResult:
     error_kind: Literal["transient", "permanent"] | None = None
     applied: list[Change] = field(default_factory=list)
     failed: list[Change] = field(default_factory=list)
+    held: list[Change] = field(default_factory=list)  # not applied because a smoke test failed
+    smoke_tests: list[SmokeTest] = field(default_factory=list)
+    smoke_results: dict[str, SmokeResult] = field(default_factory=dict)
+    post_apply_results: dict[str, SmokeResult] = field(default_factory=dict)
+    reverted: list[Change] = field(default_factory=list)  # automatic rollback writes
+    rolled_back: RolledBack | None = None
     targets: dict[tuple[str, str], str] = field(default_factory=dict)  # (type, name) -> server id
     file: str | None = None
     flow_run_id: str | None = None
@@ -64,6 +82,11 @@ class ReconcileResult:
     def ok(self) -> bool:
         return self.status != "failed"
 
+    @property
+    def failed_smoke_tests(self) -> list[tuple[SmokeTest, SmokeResult]]:
+        return [(t, self.smoke_results[t.id]) for t in self.smoke_tests
+                if t.id in self.smoke_results and not self.smoke_results[t.id].passed]
+
     def to_json(self) -> dict[str, Any]:
         changes = self.plan.changes if self.plan else []
         return {
@@ -71,41 +94,59 @@ class ReconcileResult:
             "revision": self.revision,
             "status": self.status,
             "message": self.message,
-            "changes": [
-                c.model_dump(mode="json") for c in changes
-            ],
+            "changes": [c.model_dump(mode="json") for c in changes],
             "errors": [p.to_dict() for p in self.problems] + [{"message": e} for e in self.errors],
             "applied": len(self.applied),
+            "held": len(self.held),
+            "smoke_tests": [
+                {"kind": t.kind, "image": t.image, "targets": [n for _, n in t.targets], "deployment": t.deployment,
+                 **({"result": self.smoke_results[t.id].reason, "message": self.smoke_results[t.id].message,
+                     "log_tail": self.smoke_results[t.id].log_tail} if t.id in self.smoke_results else {})}
+                for t in self.smoke_tests
+            ],
+            "post_apply": {d: {"result": r.reason, "message": r.message} for d, r in self.post_apply_results.items()},
+            "rolled_back": self.rolled_back.model_dump(mode="json") if self.rolled_back else None,
             "flow_run_id": self.flow_run_id,
         }
 
 
-async def reconcile(request: ReconcileRequest, api: PrefectAPI) -> ReconcileResult:
-    result = ReconcileResult(environment=request.environment, flow_run_id=request.flow_run_id)
-    try:
-        return await _reconcile(request, api, result)
-    except ConfigError as exc:
-        result.problems.extend(exc.problems)
-        result.error_kind = "permanent"
-    except TransientError as exc:
+def _fail(result: ReconcileResult, exc: GitOpsError) -> None:
+    if isinstance(exc, ConfigError):
+        result.problems.extend(p for p in exc.problems if p not in result.problems)
+    else:
         result.errors.append(str(exc))
-        result.error_kind = "transient"
-    except PermanentError as exc:
-        result.errors.append(str(exc))
-        result.error_kind = "permanent"
+    result.error_kind = "transient" if isinstance(exc, TransientError) else "permanent"
     result.status = "failed"
     result.message = "; ".join([str(p) for p in result.problems] + result.errors)
+
+
+async def reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None = None) -> ReconcileResult:
+    result = ReconcileResult(environment=request.environment, flow_run_id=request.flow_run_id)
+    try:
+        return await _reconcile(request, api, runner, result)
+    except (ConfigError, TransientError, PermanentError) as exc:
+        _fail(result, exc)
     if result.revision is None and not request.dry_run:
         await _record_source_failure(api, request, result.message)
     return result
 
 
-async def _reconcile(request: ReconcileRequest, api: PrefectAPI, result: ReconcileResult) -> ReconcileResult:
+async def _reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None,
+                     result: ReconcileResult) -> ReconcileResult:
     now = utcnow()
     # fetch: one remote lookup, then the recorded state
     revision = request.revision or request.source.resolve(request.ref)
     result.revision = revision
     state, handle = await api.read_state(request.environment)
+
+    if state.rolled_back is not None and not request.dry_run:
+        if revision == state.rolled_back.from_revision and not request.force:
+            result.status, result.rolled_back = "rolled-back", state.rolled_back
+            result.message = (f"rolled back ({state.rolled_back.reason}) from {revision[:12]} to "
+                              f"{(state.rolled_back.to_revision or 'the values before it')[:12]}; out of sync with "
+                              f"Git until Git moves to a new revision or a reconcile is forced")
+            return result
+        state.rolled_back = None  # Git moved on (or --force): reconcile normally
 
     if (not request.dry_run and not request.full_check and revision == state.last_applied_revision
             and not state.drift_check_due(now) and not state.has_unfinished_writes()):
@@ -119,79 +160,85 @@ async def _reconcile(request: ReconcileRequest, api: PrefectAPI, result: Reconci
             loaded = load_environment(tree, request.path, request.environment)
     except ConfigError as exc:
         if not request.dry_run:
-            await _record_failure(api, state, handle, revision, request, "ValidationFailed", exc.problems, now)
+            await _record_failure(api, state, handle, revision, request, exc.problems, now)
         raise
     result.file = loaded.file
-    drift_mode = request.drift_mode or loaded.spec.drift.mode
+    spec = loaded.spec
+    drift_mode = request.drift_mode or spec.drift.mode
 
     # diff
-    inventory = state.inventory
     actual = await api.read_actual(
-        pool_names=set(loaded.spec.work_pools) | set(inventory.work_pools),
-        deployment_names=set(loaded.spec.deployments) | set(inventory.deployments),
+        pool_names=set(spec.work_pools) | set(state.inventory.work_pools),
+        deployment_names=set(spec.deployments) | set(state.inventory.deployments)
+        | {d for d in (spec.smoke_test.post_apply.deployment,) if d}
+        | {s.smoke_test.canary.deployment for s in [*spec.work_pools.values(), *spec.deployments.values()]
+           if s.smoke_test and s.smoke_test.canary and s.smoke_test.canary.deployment}
+        | ({spec.smoke_test.canary.deployment} if spec.smoke_test.canary and spec.smoke_test.canary.deployment else set()),
     )
-    the_plan = plan(loaded.spec, actual, inventory, drift_mode)
+    the_plan = plan(spec, actual, state.inventory, drift_mode)
     result.plan = the_plan
-    result.targets = {("work_pool", n): p.id for n, p in actual.work_pools.items()}
-    result.targets.update({("deployment", n): d.id for n, d in actual.deployments.items()})
-    if the_plan.problems:
-        result.problems = [loaded.problem(p.path, p.message) for p in the_plan.problems]
+    _remember_targets(result, actual)
+    problems = the_plan.problems or policy_problems(spec, actual)
+    if problems:
+        result.problems = [loaded.problem(p.path, p.message) for p in problems]
         if not request.dry_run:
-            await _record_failure(api, state, handle, revision, request, "ValidationFailed", result.problems, now)
+            await _record_failure(api, state, handle, revision, request, result.problems, now)
         raise ConfigError(result.problems)
+    result.smoke_tests = smoke_tests_for(the_plan, spec, actual)
     if request.dry_run:
         result.status = "planned"
-        result.message = f"{len(the_plan.changes)} change(s) pending"
+        result.message = f"{len(the_plan.changes)} change(s) pending, {len(result.smoke_tests)} smoke test(s) to run"
         return result
 
-    # apply: write-ahead record, then only the changed targets, concurrently with a bound
-    to_apply = the_plan.to_apply
     state.last_attempted_revision, state.last_attempted_at = revision, now
     state.source, state.ref = request.source.display, request.ref
-    if to_apply:
-        state.inventory = begin_apply(state.inventory, to_apply, revision)
+
+    # smoke-test: prove new images before they reach a pool or a deployment
+    allowed = the_plan.to_apply
+    if result.smoke_tests:
+        if runner is None:
+            raise PermanentError("smoke tests are required by the policy but no runner is available here")
+        result.smoke_results = await runner.run_all(result.smoke_tests)
+        allowed, result.held = gate(the_plan, result.smoke_tests, result.smoke_results, spec.smoke_test.gate)
+
+    inventory_before = state.inventory
+    handle = await _apply(api, state, handle, actual, allowed, revision, request.concurrency, result)
+
+    # check: an optional canary run of what changed; a failure puts the previous values back
+    post = spec.smoke_test.post_apply
+    if post.kind == "canary" and result.applied and not result.failed and runner is not None:
+        deployments = sorted({c.target for c in result.applied if c.target_type == "deployment"})
+        if post.deployment and any(c.target_type == "work_pool" for c in result.applied):
+            deployments = sorted(set(deployments) | {post.deployment})
+        result.post_apply_results = await runner.post_apply(deployments, post.parameters, post.timeout_seconds)
+        if any(not r.passed for r in result.post_apply_results.values()):
+            await _automatic_rollback(api, state, handle, actual, inventory_before, the_plan, revision, request,
+                                      result, now)
+            return result
+
+    return await _record(api, state, handle, the_plan, spec.drift.check_interval_seconds, revision,
+                         request.flow_run_id, result, now)
+
+
+def _remember_targets(result: ReconcileResult, actual: ActualState) -> None:
+    result.targets = {("work_pool", n): p.id for n, p in actual.work_pools.items()}
+    result.targets.update({("deployment", n): d.id for n, d in actual.deployments.items()})
+
+
+async def _apply(api: PrefectAPI, state: EnvironmentState, handle, actual: ActualState, changes: list[Change],
+                 revision: str, concurrency: int, result: ReconcileResult):
+    """Write-ahead record, then only the changed targets, concurrently with a bound."""
+    if changes:
+        state.inventory = begin_apply(state.inventory, changes, revision)
         handle = await api.write_state(state, handle)
-    applied, failed, failures = await _apply(api, actual, to_apply, request.concurrency)
+    applied, failed, failures = await _write(api, actual, changes, concurrency)
     result.applied, result.failed = applied, failed
-
-    # record
-    finished = utcnow()
-    state.inventory = finish_apply(state.inventory, the_plan, applied, revision)
-    state.last_drift_check_at = finished
-    state.drift_check_interval_seconds = loaded.spec.drift.check_interval_seconds
-    if failures:
-        state.condition = Condition(ready=False, reason="ApplyFailed", message="; ".join(failures)[:2000])
-        state.add_history(HistoryEntry(
-            revision=revision, outcome="partial" if applied else "failed", started_at=now, finished_at=finished,
-            flow_run_id=request.flow_run_id, changes=applied, failures=failures))
-        await api.write_state(state, handle)
-        result.errors.extend(failures)
-        result.error_kind = "transient" if all("answered 5" in f or "reach" in f for f in failures) else "permanent"
-        result.status = "failed"
-        result.message = f"{len(failed)} of {len(to_apply)} change(s) failed: " + "; ".join(failures)
-        return result
-
-    warned = [c for c in the_plan.changes if not c.apply]
-    state.last_applied_revision, state.last_applied_at = revision, finished
-    if applied:
-        state.add_history(HistoryEntry(
-            revision=revision, outcome="applied", started_at=now, finished_at=finished,
-            flow_run_id=request.flow_run_id, changes=applied))
-    reason = "DriftWarned" if warned else ("Applied" if applied else "InSync")
-    state.condition = Condition(
-        ready=not warned, reason=reason,
-        message=f"{len(applied)} change(s) applied at {revision[:12]}"
-        + (f"; {len(warned)} drifted value(s) left as they are (drift mode warn)" if warned else ""))
-    await api.write_state(state, handle)
-    result.status = "drift-warned" if warned else ("applied" if applied else "in-sync")
-    result.message = state.condition.message
-    return result
+    result.errors.extend(failures)
+    return handle
 
 
-async def _apply(api: PrefectAPI, actual, changes: list[Change], concurrency: int):
-    by_target: dict[tuple[str, str], list[Change]] = defaultdict(list)
-    for change in changes:
-        by_target[(change.target_type, change.target)].append(change)
+async def _write(api: PrefectAPI, actual: ActualState, changes: list[Change], concurrency: int):
+    by_target = changes_by_target(changes)
 
     def job(target_type: str, name: str, target_changes: list[Change]):
         if target_type == "work_pool":
@@ -204,23 +251,116 @@ async def _apply(api: PrefectAPI, actual, changes: list[Change], concurrency: in
     failed: list[Change] = []
     failures: list[str] = []
     for key, outcome in zip(keys, outcomes):
-        if isinstance(outcome, BaseException):
-            if not isinstance(outcome, (GitOpsError, Exception)):
-                raise outcome
+        if isinstance(outcome, GitOpsError):
             failed.extend(by_target[key])
             failures.append(str(outcome))
+        elif isinstance(outcome, BaseException):
+            raise outcome
         else:
             applied.extend(by_target[key])
     return applied, failed, failures
 
 
+async def _record(api: PrefectAPI, state: EnvironmentState, handle, the_plan: Plan, check_interval: int,
+                  revision: str, flow_run_id: str | None, result: ReconcileResult, now: dt.datetime,
+                  outcome_if_ok: str = "applied") -> ReconcileResult:
+    finished = utcnow()
+    state.inventory = finish_apply(state.inventory, the_plan, result.applied, revision)
+    state.last_drift_check_at = finished
+    state.drift_check_interval_seconds = check_interval
+    not_applied = result.failed or result.held
+    if not_applied:
+        reasons = list(result.errors)
+        reasons += [f"smoke test failed: {t.describe()}: {r.message}" for t, r in result.failed_smoke_tests]
+        state.condition = Condition(ready=False, reason="ApplyFailed" if result.failed else "SmokeTestFailed",
+                                    message="; ".join(reasons)[:2000])
+        if result.applied or result.failed:
+            state.add_history(HistoryEntry(
+                revision=revision, outcome="partial" if result.applied else "failed", started_at=now,
+                finished_at=finished, flow_run_id=flow_run_id, changes=result.applied, failures=reasons))
+        await api.write_state(state, handle)
+        kinds = [e for e in result.errors if not ("answered 5" in e or "reach" in e)]
+        result.error_kind = "transient" if result.failed and not kinds else "permanent"
+        result.status = "failed"
+        result.message = (f"{len(result.applied)} change(s) applied, {len(result.failed)} failed, "
+                          f"{len(result.held)} held back by smoke tests; {revision[:12]} is not applied: "
+                          + "; ".join(reasons))
+        return result
+
+    warned = [c for c in the_plan.changes if not c.apply]
+    state.last_applied_revision, state.last_applied_at = revision, finished
+    if result.applied:
+        state.add_history(HistoryEntry(
+            revision=revision, outcome=outcome_if_ok, started_at=now, finished_at=finished,
+            flow_run_id=flow_run_id, changes=result.applied))
+    reason = "DriftWarned" if warned else ("Applied" if result.applied else "InSync")
+    if state.rolled_back is not None:
+        reason = "RolledBack"
+    state.condition = Condition(
+        ready=not warned and state.rolled_back is None, reason=reason,
+        message=f"{len(result.applied)} change(s) applied at {revision[:12]}"
+        + (f"; {len(warned)} drifted value(s) left as they are (drift mode warn)" if warned else ""))
+    await api.write_state(state, handle)
+    result.status = "drift-warned" if warned else ("applied" if result.applied else "in-sync")
+    result.message = state.condition.message
+    return result
+
+
+def _after(actual: ActualState, applied: list[Change]) -> ActualState:
+    """The server's targets as they are once `applied` was written."""
+    pools = dict(actual.work_pools)
+    deployments = dict(actual.deployments)
+    for (kind, name), changes in changes_by_target(applied).items():
+        if kind == "work_pool":
+            pools[name] = PoolActual(name, pools[name].id, pool_template_after(pools[name], changes))
+        else:
+            d = deployments[name]
+            deployments[name] = DeploymentActual(name, d.id, d.work_pool_name, deployment_job_variables_after(d, changes))
+    return ActualState(work_pools=pools, deployments=deployments)
+
+
+def _reverse(change: Change) -> Change:
+    return Change(target_type=change.target_type, target=change.target, key=change.key,
+                  action="set" if change.old_present else "unset", old=change.new,
+                  old_present=change.action == "set", new=copy.deepcopy(change.old) if change.old_present else None,
+                  reason="desired", removed_from_git=False)
+
+
+async def _automatic_rollback(api: PrefectAPI, state: EnvironmentState, handle, actual: ActualState,
+                              inventory_before, the_plan: Plan, revision: str, request: ReconcileRequest,
+                              result: ReconcileResult, now: dt.datetime) -> None:
+    """The post-apply check failed: put back what this run changed, and hold this revision."""
+    reverse = [_reverse(c) for c in reversed(result.applied)]
+    applied, failed, failures = await _write(api, _after(actual, result.applied), reverse, request.concurrency)
+    result.reverted = applied
+    failing = [f"{d}: {r.message}" for d, r in result.post_apply_results.items() if not r.passed]
+    finished = utcnow()
+    if failed:  # could not undo everything: keep the inventory honest about what is on the server now
+        state.inventory = finish_apply(state.inventory, the_plan, result.applied, revision)
+        result.errors.extend(failures)
+    else:
+        state.inventory = inventory_before
+    state.rolled_back = RolledBack(from_revision=revision, to_revision=state.last_applied_revision,
+                                   reason="automatic", flow_run_id=request.flow_run_id,
+                                   message="post-apply check failed: " + "; ".join(failing))
+    state.condition = Condition(ready=False, reason="RolledBack", message=state.rolled_back.message[:2000])
+    state.add_history(HistoryEntry(revision=revision, outcome="rolled-back", started_at=now, finished_at=finished,
+                                   flow_run_id=request.flow_run_id, changes=result.applied, reverted=applied,
+                                   failures=failing + failures))
+    await api.write_state(state, handle)
+    result.rolled_back = state.rolled_back
+    result.status = "failed"
+    result.error_kind = "permanent"
+    result.message = (f"post-apply check failed ({'; '.join(failing)}); {len(applied)} change(s) rolled back"
+                      + (f", {len(failed)} could not be rolled back: {'; '.join(failures)}" if failed else ""))
+
+
 async def _record_failure(api: PrefectAPI, state: EnvironmentState, handle, revision: str,
-                          request: ReconcileRequest, reason: str, problems: list[ConfigProblem],
-                          now: dt.datetime) -> None:
+                          request: ReconcileRequest, problems: list[ConfigProblem], now: dt.datetime) -> None:
     """A refused revision is recorded as attempted (never as applied); no target is touched."""
     state.last_attempted_revision, state.last_attempted_at = revision, now
     state.source, state.ref = request.source.display, request.ref
-    state.condition = Condition(ready=False, reason=reason,
+    state.condition = Condition(ready=False, reason="ValidationFailed",
                                 message="; ".join(str(p) for p in problems)[:2000] or "invalid input")
     await api.write_state(state, handle)
 
@@ -233,3 +373,58 @@ async def _record_source_failure(api: PrefectAPI, request: ReconcileRequest, mes
         await api.write_state(state, handle)
     except GitOpsError:
         pass  # the server is what failed; the run's own state says so
+
+
+# -- manual rollback ---------------------------------------------------------------------------
+
+@dataclass
+class RollbackRequest:
+    environment: str
+    to_revision: str | None = None
+    steps: int | None = None
+    concurrency: int = 4
+    flow_run_id: str | None = None
+
+
+async def rollback(request: RollbackRequest, api: PrefectAPI) -> ReconcileResult:
+    """Restore the job variables as they were applied at an earlier revision, from the history."""
+    result = ReconcileResult(environment=request.environment, flow_run_id=request.flow_run_id)
+    try:
+        now = utcnow()
+        state, handle = await api.read_state(request.environment)
+        if handle is None:
+            raise PermanentError(f"environment {request.environment!r} has never been reconciled")
+        try:
+            index = find_rollback_target(state, request.to_revision, request.steps)
+        except ValueError as exc:
+            raise PermanentError(str(exc)) from None
+        to_revision = state.history[index].revision if index >= 0 else state.last_applied_revision
+        values = values_at(state, index) if index >= 0 else values_at(state, 0)
+        result.revision = to_revision
+        desired = EnvironmentFile.model_validate({
+            "work_pools": {n: {"job_variables": v} for n, v in values["work_pool"].items()},
+            "deployments": {n: {"job_variables": v} for n, v in values["deployment"].items()},
+        })
+        actual = await api.read_actual(pool_names=set(desired.work_pools) | set(state.inventory.work_pools),
+                                       deployment_names=set(desired.deployments) | set(state.inventory.deployments))
+        the_plan = plan(desired, actual, state.inventory, "correct")
+        result.plan = the_plan
+        _remember_targets(result, actual)
+        if the_plan.problems:
+            raise PermanentError("cannot roll back: " + "; ".join(p.message for p in the_plan.problems))
+        from_revision = state.rolled_back.from_revision if state.rolled_back else state.last_applied_revision
+        state.rolled_back = RolledBack(from_revision=from_revision or "", to_revision=to_revision, reason="manual",
+                                       flow_run_id=request.flow_run_id,
+                                       message=f"rolled back to {to_revision} by hand")
+        handle = await _apply(api, state, handle, actual, the_plan.to_apply, to_revision, request.concurrency, result)
+        await _record(api, state, handle, the_plan, state.drift_check_interval_seconds, to_revision,
+                      request.flow_run_id, result, now, outcome_if_ok="rollback")
+        if result.ok:
+            result.status = "rolled-back"
+            result.rolled_back = state.rolled_back
+            result.message = (f"rolled back to {to_revision}: {len(result.applied)} change(s) applied; "
+                              f"reconciles hold until Git moves past {from_revision[:12] if from_revision else '-'} "
+                              f"(or --force)")
+    except (TransientError, PermanentError) as exc:
+        _fail(result, exc)
+    return result

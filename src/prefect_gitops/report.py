@@ -14,6 +14,7 @@ _OUTCOME = {
     "up-to-date": "Up to date: Git has not moved and no drift check was due",
     "planned": "Planned only (dry run): nothing was written",
     "drift-warned": "Drift reported, not corrected (drift mode warn)",
+    "rolled-back": "Rolled back: the environment runs an earlier revision than Git",
     "failed": "Failed",
 }
 
@@ -44,12 +45,15 @@ def markdown(result: ReconcileResult) -> str:
     if changes:
         applied = {id(c) for c in result.applied}
         failed = {id(c) for c in result.failed}
+        held = {id(c) for c in result.held}
         lines += ["## Plan", "", "| Target | Key | Old → New | Reason | Result |", "|---|---|---|---|---|"]
         for c in changes:
             if id(c) in applied:
                 outcome = "applied"
             elif id(c) in failed:
                 outcome = "**failed**"
+            elif id(c) in held:
+                outcome = "**held back** (smoke test failed)"
             elif not c.apply:
                 outcome = "reported only"
             else:
@@ -61,6 +65,32 @@ def markdown(result: ReconcileResult) -> str:
         lines.append("")
     elif result.plan is not None:
         lines += [f"No changes: {len(result.plan.noops)} managed key(s) in sync.", ""]
+    if result.smoke_tests:
+        lines += ["## Smoke tests", "", "| Test | Image | Targets | Result | Detail |", "|---|---|---|---|---|"]
+        for t in result.smoke_tests:
+            r = result.smoke_results.get(t.id)
+            verdict = "not run" if r is None else ("passed" if r.passed else f"**{r.reason}**")
+            what = t.kind + (f" ({t.deployment})" if t.deployment else "")
+            detail = "" if r is None else _md(r.message + "".join(f"; {k} {v}" for k, v in r.detail.items()))
+            lines.append(f"| {what} | `{_md(t.image)}` | {_md(', '.join(n for _, n in t.targets))} | {verdict} | {detail} |")
+        lines.append("")
+        for t in result.smoke_tests:
+            r = result.smoke_results.get(t.id)
+            if r is not None and not r.passed and r.log_tail:
+                lines += [f"### Log tail: {t.kind} test of `{_md(t.image)}`", "", "```", r.log_tail, "```", ""]
+        if any(t.kind == "process" for t in result.smoke_tests):
+            lines += ["_process smoke tests run the command on the worker's machine: they do not isolate the image._", ""]
+    if result.post_apply_results:
+        lines += ["## Post-apply check", "", "| Deployment | Result | Detail |", "|---|---|---|"]
+        for d, r in result.post_apply_results.items():
+            lines.append(f"| `{_md(d)}` | {'passed' if r.passed else '**' + r.reason + '**'} | {_md(r.message)} |")
+        lines.append("")
+    if result.rolled_back is not None:
+        rb = result.rolled_back
+        lines += ["## Rolled back", "",
+                  f"{rb.reason.capitalize()} rollback from `{rb.from_revision}` to `{rb.to_revision or '-'}`; "
+                  f"{len(result.reverted) or len(result.applied)} value(s) restored. "
+                  "Reconciles hold this environment until Git moves to a new revision (or one is forced).", ""]
     if result.problems or result.errors:
         lines += ["## Errors", ""]
         lines += [f"- {_md(str(p))}" for p in result.problems]
@@ -76,6 +106,11 @@ def text(result: ReconcileResult) -> str:
         flag = "" if c.apply else "  (reported only)"
         lines.append(f"  {c.action:5} {c.target_type} {c.target} {c.key}: "
                      f"{_value(c.old, c.old_present)} -> {new}  [{c.reason}]{flag}")
+    for t in result.smoke_tests:
+        r = result.smoke_results.get(t.id)
+        lines.append(f"  smoke {t.describe()}: {'not run' if r is None else r.reason + ' ' + r.message}")
+    for d, r in result.post_apply_results.items():
+        lines.append(f"  post-apply check {d}: {r.reason} {r.message}")
     for p in result.problems:
         lines.append(f"  error: {p}")
     for e in result.errors:
@@ -95,6 +130,10 @@ def status_text(state: EnvironmentState) -> str:
         f"ready:                    {'-' if c is None else ('yes' if c.ready else 'no')}"
         + (f" ({c.reason}: {c.message})" if c else ""),
         f"managed keys:             {state.inventory.count()}",
+        f"rolled back:              " + ("no" if state.rolled_back is None else
+            f"yes ({state.rolled_back.reason}) from {state.rolled_back.from_revision[:12]} to "
+            f"{(state.rolled_back.to_revision or '-')[:12]} at {state.rolled_back.at:%Y-%m-%d %H:%M:%S}; "
+            "out of sync with Git until Git moves or a reconcile is forced"),
         "history (newest first):",
     ]
     for h in state.history[:20]:

@@ -63,12 +63,25 @@ class Condition(BaseModel):
 
 class HistoryEntry(BaseModel):
     revision: str
-    outcome: Literal["applied", "partial", "failed"]
+    outcome: Literal["applied", "partial", "failed", "rolled-back", "rollback"]
     started_at: dt.datetime
     finished_at: dt.datetime
     flow_run_id: str | None = None
-    changes: list[Change] = Field(default_factory=list)
+    changes: list[Change] = Field(default_factory=list, description="What was written, in order.")
+    reverted: list[Change] = Field(
+        default_factory=list, description="Automatic rollback: the writes that undid `changes`.")
     failures: list[str] = Field(default_factory=list)
+
+
+class RolledBack(BaseModel):
+    """The environment runs an older revision than Git on purpose; reconciles hold until Git moves."""
+
+    from_revision: str
+    to_revision: str | None
+    at: dt.datetime = Field(default_factory=utcnow)
+    reason: Literal["manual", "automatic"]
+    flow_run_id: str | None = None
+    message: str = ""
 
 
 class EnvironmentState(BaseModel):
@@ -82,6 +95,7 @@ class EnvironmentState(BaseModel):
     last_drift_check_at: dt.datetime | None = None
     drift_check_interval_seconds: int = 300
     condition: Condition | None = None
+    rolled_back: RolledBack | None = None
     inventory: Inventory = Field(default_factory=Inventory)
     history: list[HistoryEntry] = Field(default_factory=list, description="Newest first.")
 
@@ -143,3 +157,46 @@ def finish_apply(inventory: Inventory, plan: Plan, applied: list[Change], revisi
                 entry = entry.model_copy(update={"applied": True, "value": noop.value})
             out.put(noop.target_type, noop.target, noop.key, entry)
     return out
+
+
+def managed_values(inventory: Inventory) -> dict[TargetType, dict[str, dict[str, Any]]]:
+    """The values prefect-gitops has applied, by target."""
+    return {
+        "work_pool": {t: {k: e.value for k, e in keys.items() if e.applied} for t, keys in inventory.work_pools.items()},
+        "deployment": {t: {k: e.value for k, e in keys.items() if e.applied} for t, keys in inventory.deployments.items()},
+    }
+
+
+def values_at(state: EnvironmentState, index: int) -> dict[TargetType, dict[str, dict[str, Any]]]:
+    """Managed values right after history[index], by undoing every newer entry from the current inventory."""
+    values = managed_values(state.inventory)
+    for entry in state.history[:index]:
+        for change in reversed(entry.changes + entry.reverted):
+            keys = values[change.target_type].setdefault(change.target, {})
+            if change.old_present:
+                keys[change.key] = change.old
+            else:
+                keys.pop(change.key, None)
+    return {kind: {t: keys for t, keys in targets.items() if keys} for kind, targets in values.items()}
+
+
+def find_rollback_target(state: EnvironmentState, to_revision: str | None, steps: int | None) -> int:
+    """Index in history of the apply to go back to. Raises ValueError with a readable reason."""
+    good = [i for i, h in enumerate(state.history) if h.outcome in ("applied", "rollback")]
+    if to_revision is not None:
+        for i in good:
+            if state.history[i].revision.startswith(to_revision) and len(to_revision) >= 7:
+                return i
+        raise ValueError(f"revision {to_revision!r} is not in the recorded history of {state.environment!r} "
+                         f"(the last {len(state.history)} applies are kept)")
+    if steps is None or steps < 1:
+        raise ValueError("give --to REVISION or --steps N (N >= 1)")
+    revisions: list[int] = []
+    for i in good:
+        if not revisions or state.history[revisions[-1]].revision != state.history[i].revision:
+            revisions.append(i)
+    if state.last_applied_revision and revisions and state.history[revisions[0]].revision != state.last_applied_revision:
+        revisions.insert(0, -1)  # the current revision has no entry of its own (nothing changed then)
+    if steps >= len(revisions):
+        raise ValueError(f"only {len(revisions) - 1} earlier applied revision(s) are recorded for {state.environment!r}")
+    return revisions[steps]

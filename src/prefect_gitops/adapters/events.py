@@ -11,6 +11,8 @@ from prefect_gitops.report import markdown
 APPLIED = "prefect-gitops.reconcile.applied"
 DRIFT_DETECTED = "prefect-gitops.reconcile.drift-detected"
 FAILED = "prefect-gitops.reconcile.failed"
+SMOKE_TEST_FAILED = "prefect-gitops.smoke-test.failed"
+ROLLBACK = "prefect-gitops.rollback"
 
 _RESOURCE_KIND = {"work_pool": "prefect.work-pool", "deployment": "prefect.deployment"}
 
@@ -59,6 +61,21 @@ def emit_reconcile_events(result: ReconcileResult) -> list[str]:
         emit_event(DRIFT_DETECTED, environment_resource(result), related=_related(result, plan.drift),
                    payload=_payload(result, plan.drift))
         sent.append(DRIFT_DETECTED)
+    for test, outcome in result.failed_smoke_tests:
+        held = [c for c in result.held if (c.target_type, c.target) in test.targets]
+        payload = _payload(result, held)
+        payload.update(image=test.image, kind=test.kind, result=outcome.reason, smoke_message=outcome.message,
+                       targets=[n for _, n in test.targets], log_tail=outcome.log_tail[-2000:])
+        emit_event(SMOKE_TEST_FAILED, environment_resource(result),
+                   related=_related(result, held or result.held), payload=payload)
+        sent.append(SMOKE_TEST_FAILED)
+    if result.rolled_back is not None and (result.reverted or result.rolled_back.reason == "manual") and (
+            result.applied or result.reverted):
+        changes = result.reverted or result.applied
+        payload = _payload(result, changes)
+        payload.update(rolled_back=result.rolled_back.model_dump(mode="json"))
+        emit_event(ROLLBACK, environment_resource(result), related=_related(result, changes), payload=payload)
+        sent.append(ROLLBACK)
     if result.status == "failed":
         changes = result.failed or (plan.to_apply if plan else [])
         emit_event(FAILED, environment_resource(result), related=_related(result, changes),

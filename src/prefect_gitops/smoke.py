@@ -1,0 +1,194 @@
+"""Deciding smoke tests: which images to prove, with which policy, and what a failure holds back. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from prefect_gitops.model import (
+    CanarySpec,
+    EnvironmentFile,
+    KubernetesSmokeSpec,
+    ProcessSpec,
+    SmokeTestOverride,
+)
+from prefect_gitops.plan import _ABSENT, ActualState, Change, Plan, PlanProblem, TargetType
+
+Target = tuple[TargetType, str]
+DEFAULT_TIMEOUT = 300
+
+
+class ResolvedSmoke(BaseModel):
+    """A target's effective policy: the environment's smoke_test with the target's override on top."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["kubernetes", "canary", "process", "none"] = "none"
+    when: Literal["image-changed", "always"] = "image-changed"
+    timeout_seconds: int = DEFAULT_TIMEOUT
+    kubernetes: KubernetesSmokeSpec = Field(default_factory=KubernetesSmokeSpec)
+    canary: CanarySpec = Field(default_factory=CanarySpec)
+    process: ProcessSpec | None = None
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _section(kind: TargetType) -> str:
+    return "work_pools" if kind == "work_pool" else "deployments"
+
+
+def _override(desired: EnvironmentFile, target: Target) -> SmokeTestOverride | None:
+    kind, name = target
+    spec = (desired.work_pools if kind == "work_pool" else desired.deployments).get(name)
+    return spec.smoke_test if spec is not None else None
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve(desired: EnvironmentFile, target: Target) -> ResolvedSmoke:
+    """Raises ValueError with a readable message when the merged policy is incomplete."""
+    base = desired.smoke_test.model_dump(exclude_unset=True, exclude={"gate", "post_apply"})
+    override = _override(desired, target)
+    merged = _merge(base, override.model_dump(exclude_unset=True) if override else {})
+    try:
+        policy = ResolvedSmoke.model_validate(merged)
+    except ValidationError as exc:
+        raise ValueError("; ".join(e["msg"] for e in exc.errors())) from None
+    if policy.kind == "process" and policy.process is None:
+        raise ValueError("kind process needs process.command")
+    if policy.kind == "canary" and target[0] == "work_pool" and policy.canary.deployment is None:
+        raise ValueError("a canary for a work pool needs canary.deployment (the deployment to run)")
+    return policy
+
+
+def policy_problems(desired: EnvironmentFile, actual: ActualState) -> list[PlanProblem]:
+    """Refuse incomplete or dangling policies before anything runs."""
+    problems: list[PlanProblem] = []
+    targets: list[Target] = [("work_pool", n) for n in desired.work_pools]
+    targets += [("deployment", n) for n in desired.deployments]
+    for target in targets:
+        path = (_section(target[0]), target[1], "smoke_test")
+        try:
+            policy = resolve(desired, target)
+        except ValueError as exc:
+            problems.append(PlanProblem(path, f"smoke_test: {exc}"))
+            continue
+        canary = policy.canary.deployment
+        if policy.kind == "canary" and canary and canary not in actual.deployments:
+            problems.append(PlanProblem(path, f"smoke_test: canary deployment {canary!r} does not exist on the Prefect server"))
+    post = desired.smoke_test.post_apply
+    if post.kind == "canary" and post.deployment and post.deployment not in actual.deployments:
+        problems.append(PlanProblem(("smoke_test", "post_apply", "deployment"),
+                                    f"post_apply deployment {post.deployment!r} does not exist on the Prefect server"))
+    return problems
+
+
+@dataclass
+class SmokeTest:
+    kind: Literal["kubernetes", "canary", "process"]
+    image: str
+    policy: ResolvedSmoke
+    targets: list[Target] = field(default_factory=list)
+    deployment: str | None = None  # canary: the deployment run with the candidate image
+
+    @property
+    def id(self) -> str:
+        who = self.deployment or ""
+        return hashlib.sha256(f"{self.kind}|{self.image}|{who}|{self.policy.fingerprint()}".encode()).hexdigest()[:10]
+
+    def describe(self) -> str:
+        names = ", ".join(n for _, n in self.targets)
+        how = f"canary run of {self.deployment}" if self.kind == "canary" else f"{self.kind} test"
+        return f"{how} of {self.image} for {names}"
+
+
+@dataclass
+class SmokeResult:
+    test_id: str
+    passed: bool
+    reason: str  # passed | failed | timeout | error
+    message: str = ""
+    log_tail: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)  # job name, flow run id, ...
+
+
+def changes_by_target(changes: list[Change]) -> dict[Target, list[Change]]:
+    out: dict[Target, list[Change]] = {}
+    for change in changes:
+        out.setdefault((change.target_type, change.target), []).append(change)
+    return out
+
+
+def _image_after(target: Target, changes: list[Change], desired: EnvironmentFile, actual: ActualState,
+                 by_target: dict[Target, list[Change]]) -> Any:
+    """The image the target runs with once the plan is applied (deployment value, else pool default)."""
+    for change in changes:
+        if change.key == "image":
+            if change.action == "set":
+                return change.new
+            break  # unset: falls back to the pool
+    kind, name = target
+    if kind == "deployment":
+        deployment = actual.deployments[name]
+        if "image" in deployment.job_variables and not any(c.key == "image" for c in changes):
+            return deployment.job_variables["image"]
+        pool = actual.work_pools.get(deployment.work_pool_name or "")
+        if pool is None:
+            return None
+        for change in by_target.get(("work_pool", pool.name), []):
+            if change.key == "image" and change.action == "set":
+                return change.new
+        value = pool.default("image")
+        return None if value is _ABSENT else value
+    pool = actual.work_pools[name]
+    value = pool.default("image")
+    return None if value is _ABSENT else value
+
+
+def smoke_tests_for(plan: Plan, desired: EnvironmentFile, actual: ActualState) -> list[SmokeTest]:
+    """One test per distinct (kind, image, policy) for kubernetes/process; one canary per target."""
+    by_target = changes_by_target(plan.to_apply)
+    tests: dict[tuple, SmokeTest] = {}
+    for target, changes in by_target.items():
+        if all(c.removed_from_git for c in changes) and target[1] not in (
+                desired.work_pools if target[0] == "work_pool" else desired.deployments):
+            continue  # a target leaving Git is not rolled out
+        policy = resolve(desired, target)
+        if policy.kind == "none":
+            continue
+        brings_image = any(c.key == "image" and c.action == "set" and c.reason == "desired" for c in changes)
+        if policy.when == "image-changed" and not brings_image:
+            continue
+        image = _image_after(target, changes, desired, actual, by_target)
+        if not isinstance(image, str) or not image:
+            continue  # nothing to prove: no image resolves for this target
+        if policy.kind == "canary":
+            deployment = target[1] if target[0] == "deployment" else policy.canary.deployment
+            key = ("canary", image, deployment, policy.fingerprint())
+        else:
+            deployment = None
+            key = (policy.kind, image, policy.fingerprint())
+        test = tests.setdefault(key, SmokeTest(kind=policy.kind, image=image, policy=policy, deployment=deployment))
+        test.targets.append(target)
+    return list(tests.values())
+
+
+def gate(plan: Plan, tests: list[SmokeTest], results: dict[str, SmokeResult],
+         mode: Literal["all-or-nothing", "per-target"]) -> tuple[list[Change], list[Change]]:
+    """Split the plan's changes into (allowed, held back) by the smoke-test results."""
+    failed_targets = {t for test in tests if not results[test.id].passed for t in test.targets}
+    if failed_targets and mode == "all-or-nothing":
+        return [], list(plan.to_apply)
+    allowed = [c for c in plan.to_apply if (c.target_type, c.target) not in failed_targets]
+    held = [c for c in plan.to_apply if (c.target_type, c.target) in failed_targets]
+    return allowed, held
