@@ -398,8 +398,8 @@ async def rollback(request: RollbackRequest, api: PrefectAPI) -> ReconcileResult
             index = find_rollback_target(state, request.to_revision, request.steps)
         except ValueError as exc:
             raise PermanentError(str(exc)) from None
-        to_revision = state.history[index].revision if index >= 0 else state.last_applied_revision
-        values = values_at(state, index) if index >= 0 else values_at(state, 0)
+        to_revision = state.history[index].revision
+        values = values_at(state, index)
         result.revision = to_revision
         desired = EnvironmentFile.model_validate({
             "work_pools": {n: {"job_variables": v} for n, v in values["work_pool"].items()},

@@ -181,22 +181,28 @@ def values_at(state: EnvironmentState, index: int) -> dict[TargetType, dict[str,
 
 
 def find_rollback_target(state: EnvironmentState, to_revision: str | None, steps: int | None) -> int:
-    """Index in history of the apply to go back to. Raises ValueError with a readable reason."""
-    good = [i for i, h in enumerate(state.history) if h.outcome in ("applied", "rollback")]
+    """Index in history of the apply to go back to. Raises ValueError with a readable reason.
+
+    Steps count distinct Git revisions that reconciles applied, newest first, from the one
+    applied now; rollbacks themselves are not steps.
+    """
+    applied = [i for i, h in enumerate(state.history) if h.outcome == "applied"]
     if to_revision is not None:
-        for i in good:
-            if state.history[i].revision.startswith(to_revision) and len(to_revision) >= 7:
-                return i
+        if len(to_revision) >= 7:
+            for i in applied + [i for i, h in enumerate(state.history) if h.outcome == "rollback"]:
+                if state.history[i].revision.startswith(to_revision):
+                    return i
         raise ValueError(f"revision {to_revision!r} is not in the recorded history of {state.environment!r} "
                          f"(the last {len(state.history)} applies are kept)")
     if steps is None or steps < 1:
         raise ValueError("give --to REVISION or --steps N (N >= 1)")
-    revisions: list[int] = []
-    for i in good:
-        if not revisions or state.history[revisions[-1]].revision != state.history[i].revision:
-            revisions.append(i)
-    if state.last_applied_revision and revisions and state.history[revisions[0]].revision != state.last_applied_revision:
-        revisions.insert(0, -1)  # the current revision has no entry of its own (nothing changed then)
-    if steps >= len(revisions):
-        raise ValueError(f"only {len(revisions) - 1} earlier applied revision(s) are recorded for {state.environment!r}")
-    return revisions[steps]
+    newest: dict[str, int] = {}
+    for i in applied:
+        newest.setdefault(state.history[i].revision, i)
+    revisions = list(newest)
+    current = state.last_applied_revision
+    start = revisions.index(current) if current in revisions else -1
+    if start + steps >= len(revisions):
+        raise ValueError(f"only {len(revisions) - 1 - start} earlier applied revision(s) are recorded "
+                         f"for {state.environment!r}")
+    return newest[revisions[start + steps]]
