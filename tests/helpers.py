@@ -190,9 +190,62 @@ def read_events(event: str, environment: str, wait: float = 20.0) -> list[dict]:
 
 
 def read_artifacts(key: str) -> list[Any]:
+    """Newest first."""
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     async def go(client):
-        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                           sort=ArtifactSort.CREATED_DESC)
+
+    return run(_with_client(go))
+
+
+CANARY_FLOWS_DIR = Path(__file__).parent / "flows"
+
+
+def canary_pool_template() -> dict:
+    """The process worker's template, plus an `image` variable the run sees as $SMOKE_IMAGE."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["image"] = {"type": "string", "title": "Image", "default": "flows:0"}
+    template["job_configuration"]["env"] = {"SMOKE_IMAGE": "{{ image }}"}
+    return template
+
+
+def create_canary_pool(name: str) -> None:
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    async def go(client):
+        await client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=canary_pool_template()))
+
+    run(_with_client(go))
+
+
+def create_canary_deployment(name: str, pool: str, job_variables: dict | None = None) -> str:
+    from prefect.utilities.callables import parameter_schema
+
+    import sys as _sys
+    _sys.path.insert(0, str(CANARY_FLOWS_DIR))
+    from canary_target import canary_target
+
+    async def go(client):
+        flow_id = await client.create_flow_from_name("canary-target")
+        return str(await client.create_deployment(
+            flow_id=flow_id, name=name, work_pool_name=pool, entrypoint="canary_target.py:canary_target",
+            parameter_openapi_schema=parameter_schema(canary_target).model_dump(),
+            pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(CANARY_FLOWS_DIR)}}],
+            job_variables=job_variables or {}))
+
+    return run(_with_client(go))
+
+
+def flow_runs_of(deployment_full_name: str) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async def go(client):
+        d = await client.read_deployment_by_name(deployment_full_name)
+        return await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])))
 
     return run(_with_client(go))
