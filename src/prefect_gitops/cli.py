@@ -100,17 +100,13 @@ def rollback(env: str = ENV, to: Optional[str] = typer.Option(None, "--to", help
 
 def _run_flow(flow_fn, output: Output, env: str, **parameters) -> None:
     """Run a control flow in-process (a real flow run), print its report, exit 0 only if it completed."""
-    from prefect_gitops.flows import ReconcileFailed
-
     async def run():
         state = await flow_fn(**parameters, return_state=True)
         return state, await state.result(raise_on_failure=False)
 
     state, outcome = asyncio.run(run())
     flow_run_id = str(state.state_details.flow_run_id)
-    if isinstance(outcome, ReconcileFailed):
-        report = dict(outcome.result)
-    elif isinstance(outcome, dict):
+    if isinstance(outcome, dict):  # the report, from a Completed or a Failed run
         report = dict(outcome)
     else:  # the flow crashed before producing a report (bad parameters, server gone)
         report = {"environment": env, "status": "failed", "errors": [{"message": str(outcome)}],

@@ -29,6 +29,11 @@ deployments:
 
 PROD = """\
 # environments/prod.yaml: what the prod work pool and deployments run
+smoke_test:
+  kind: process   # this demo has no cluster: the check runs locally and does not isolate the image
+  process:
+    command: [python3, -c, "import os, sys; i = os.environ['SMOKE_IMAGE']; print('smoke test of', i); sys.exit(3 if 'broken' in i else 0)"]
+  timeout_seconds: 60
 work_pools:
   demo-k8s-prod:
     job_variables:
@@ -41,6 +46,7 @@ deployments:
       env: {LOG_LEVEL: info}
   reports/prod-weekly:
     job_variables:
+      image: registry.example.com/reports:REPORTS
       cpu_request: "500m"
 """
 
@@ -105,11 +111,15 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
+def _prod(tag: str, reports: str) -> str:
+    return PROD.replace("TAG", tag).replace("REPORTS", reports)
+
+
 def _make_repo(root: Path) -> Path:
     repo = root / "gitops"
     (repo / "environments").mkdir(parents=True)
     (repo / "environments" / "qa.yaml").write_text(QA)
-    (repo / "environments" / "prod.yaml").write_text(PROD.replace("TAG", "1.4.3"))
+    (repo / "environments" / "prod.yaml").write_text(_prod("1.4.3", "2.0.0"))
     _git(repo, "init", "-q", "-b", "main")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "Describe qa and prod")
@@ -138,14 +148,14 @@ async def _create_estate() -> None:
 
 
 def _reconcile(repo: Path, env: str) -> dict:
-    from prefect_gitops.flows import ReconcileFailed, reconcile
+    from prefect_gitops.flows import reconcile
 
     async def run():
         state = await reconcile(environment=env, source_url=repo.as_uri(), return_state=True)
         return state, await state.result(raise_on_failure=False)
 
     state, outcome = asyncio.run(run())
-    report = outcome.result if isinstance(outcome, ReconcileFailed) else outcome
+    report = outcome
     if not isinstance(report, dict):
         raise SystemExit(f"reconcile of {env} crashed: {outcome}")
     report["flow_run_id"] = str(state.state_details.flow_run_id)
@@ -162,8 +172,14 @@ def _show(title: str, report: dict) -> None:
         new = _value(c["new"]) if c["action"] == "set" else "(unset)"
         old = _value(c["old"], c["old_present"])
         print(f"  {c['action']:5} {c['target_type']:10} {c['target']:20} {c['key']:12} {old} -> {new}  [{c['reason']}]")
+    for t in report.get("smoke_tests", []):
+        print(f"  smoke test ({t['kind']}) of {t['image']}: {t.get('result', 'not run')}: {t.get('message', '')}")
+        if t.get("result") not in (None, "passed") and t.get("log_tail"):
+            print("    log tail: " + t["log_tail"].replace("\n", "\n              "))
+    if report.get("held"):
+        print(f"  {report['held']} change(s) held back: nothing of this revision was applied")
     for e in report["errors"]:
-        print(f"  error: {e}")
+        print(f"  error: {e.get('message', e)}")
     print(f"  {report['applied']} change(s) applied; "
           f"flow run {PREFECT_UI_URL.value().rstrip('/')}/runs/flow-run/{report['flow_run_id']}")
 
@@ -179,14 +195,23 @@ def run_demo(keep: bool = False) -> int:
         prod = _reconcile(repo, "prod")
         _show("prod", prod)
 
-        (repo / "environments" / "prod.yaml").write_text(PROD.replace("TAG", "1.4.4"))
+        (repo / "environments" / "prod.yaml").write_text(_prod("1.4.4", "2.0.0"))
         _git(repo, "commit", "-q", "-am", "prod: etl/prod-daily to 1.4.4")
         print("\ncommitted a tag change to environments/prod.yaml (1.4.3 -> 1.4.4); reconciling prod again")
         again = _reconcile(repo, "prod")
         _show("prod after the tag change", again)
 
+        (repo / "environments" / "prod.yaml").write_text(_prod("1.4.4", "2.1.0-broken"))
+        _git(repo, "commit", "-q", "-am", "prod: reports/prod-weekly to 2.1.0-broken")
+        print("\ncommitted a broken image for reports/prod-weekly; its smoke test fails and the change is held back")
+        broken = _reconcile(repo, "prod")
+        _show("prod with a broken image", broken)
+
         ok = (all(r["status"] in ("applied", "in-sync") for r in (qa, prod, again))
-              and again["applied"] == 1 and again["changes"][0]["new"] == "registry.example.com/flows:1.4.4")
+              and again["applied"] == 1 and again["changes"][0]["new"] == "registry.example.com/flows:1.4.4"
+              and [t["result"] for t in again["smoke_tests"]] == ["passed"]
+              and broken["status"] == "failed" and broken["applied"] == 0
+              and [t["result"] for t in broken["smoke_tests"]] == ["failed"])
         print("\nstatus: prefect-gitops status --env prod (with PREFECT_API_URL set to this server)")
         from prefect_gitops.cli import app  # noqa: F401  (imported for the same settings)
         from prefect_gitops.report import status_text

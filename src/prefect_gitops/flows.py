@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_client, get_run_logger
+from prefect.states import Failed
 from prefect.runtime import flow_run
 from pydantic import Field
 
@@ -15,14 +16,6 @@ from prefect_gitops.adapters.smoke_runner import SmokeRunner
 from prefect_gitops.reconcile import ReconcileRequest, RollbackRequest, reconcile as run_reconcile
 from prefect_gitops.reconcile import rollback as run_rollback
 from prefect_gitops.report import text
-
-
-class ReconcileFailed(Exception):
-    """The reconcile did not converge; `result` is its JSON report."""
-
-    def __init__(self, message: str, result: dict[str, Any]):
-        super().__init__(message)
-        self.result = result
 
 
 @flow(name="gitops-reconcile", description="Plan and apply a GitOps environment's job variables to Prefect.")
@@ -101,5 +94,8 @@ async def _finish(result, what: str) -> dict[str, Any]:
     emit_reconcile_events(result)
     report = result.to_json()
     if not result.ok:
-        raise ReconcileFailed(f"{what} of {result.environment} failed ({result.error_kind}): {result.message}", report)
+        # A Failed state, not an exception: the run ends Failed with the reason and the report, no traceback.
+        message = f"{what} of {result.environment} failed ({result.error_kind}): {result.message}"
+        get_run_logger().error("%s", message)
+        return Failed(message=message[:5000], data=report)
     return report
