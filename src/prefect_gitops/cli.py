@@ -77,12 +77,19 @@ def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH
           dry_run: bool = typer.Option(False, "--dry-run", help="Plan in a flow run, write nothing."),
           drift_mode: DriftOption = typer.Option(DriftOption.from_file, "--drift-mode"),
           concurrency: int = typer.Option(4, "--concurrency", min=1, max=32),
-          force: bool = typer.Option(False, "--force", help="Apply even the revision a rollback moved away from.")) -> None:
-    """Run the reconcile flow (a real flow run). Exit 0: applied, nothing to do or rolled back; 1: failed."""
+          force: bool = typer.Option(False, "--force", help="Apply even the revision a rollback moved away from."),
+          override_windows: bool = typer.Option(False, "--override-windows",
+                                                help="Apply inside a deny window / outside every allow window.")) -> None:
+    """Run the reconcile flow (a real flow run).
+
+    Exit 0: applied, nothing to do, or rolled back; 1: failed; 3: another rollout of ENV is in progress;
+    4: held (suspended, sync window closed, promotion gate waiting).
+    """
     from prefect_gitops.flows import reconcile
 
     _run_flow(reconcile, output, env, environment=env, source_url=source, ref=ref, path=path, revision=revision,
-              dry_run=dry_run, drift_mode=drift_mode.value, concurrency=concurrency, force=force)
+              dry_run=dry_run, drift_mode=drift_mode.value, concurrency=concurrency, force=force,
+              override_windows=override_windows)
 
 
 @app.command()
@@ -121,7 +128,18 @@ def _run_flow(flow_fn, output: Output, env: str, **parameters) -> None:
     if ui:
         lines.append(f"view it at {ui}")
     _emit(report, output, "\n".join(lines))
-    raise typer.Exit(0 if state.is_completed() else 1)
+    raise typer.Exit(exit_code(report.get("status"), state.is_completed()))
+
+
+EXIT_OK, EXIT_FAILED, EXIT_BUSY, EXIT_HELD = 0, 1, 3, 4
+
+
+def exit_code(status: str | None, completed: bool) -> int:
+    if status == "busy":
+        return EXIT_BUSY
+    if status in ("suspended", "window-closed", "waiting"):
+        return EXIT_HELD
+    return EXIT_OK if completed else EXIT_FAILED
 
 
 def _where(problem: dict) -> str:
@@ -154,6 +172,39 @@ def status(env: str = ENV, output: Output = OUTPUT) -> None:
         sys.stderr.write(f"environment {env!r} has never been reconciled on this Prefect server\n")
         raise typer.Exit(1)
     _emit(state.model_dump(mode="json"), output, status_text(state))
+
+
+@app.command()
+def suspend(env: str = ENV, reason: str = typer.Option("", "--reason", help="Shown in status and the artifact.")) -> None:
+    """Pause reconciliation and drift correction of ENV (reconciles still plan and report)."""
+    _set_suspended(env, True, reason)
+
+
+@app.command()
+def resume(env: str = ENV) -> None:
+    """Resume reconciliation and drift correction of ENV."""
+    _set_suspended(env, False, "")
+
+
+def _set_suspended(env: str, suspend_: bool, reason: str) -> None:
+    from prefect import get_client
+
+    from prefect_gitops.adapters.locks import environment_lock
+    from prefect_gitops.adapters.prefect_api import PrefectAPI
+    from prefect_gitops.errors import GitOpsError
+    from prefect_gitops.reconcile import set_suspended
+
+    async def run():
+        async with get_client() as client:
+            lock = lambda e, t: environment_lock(client, e, t)  # noqa: E731
+            return await set_suspended(PrefectAPI(client), env, suspend_, reason, lock=lock)
+
+    try:
+        asyncio.run(run())
+    except GitOpsError as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise typer.Exit(3 if "in progress" in str(exc) else 1)
+    sys.stdout.write(f"{env}: {'suspended' if suspend_ else 'resumed'}\n")
 
 
 @app.command()

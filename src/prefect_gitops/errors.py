@@ -22,6 +22,10 @@ class PermanentError(GitOpsError):
     """Retrying will not help until the input changes."""
 
 
+class RolloutBusy(GitOpsError):
+    """Another rollout of the environment holds its lock; nothing was written."""
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     """One problem in the GitOps repo, located as precisely as we can."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_client, get_run_logger
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 from prefect.runtime import flow_run
 from pydantic import Field
 
 from prefect_gitops.adapters.git import GitSource
+from prefect_gitops.adapters.locks import environment_lock
 from prefect_gitops.adapters.prefect_api import PrefectAPI
 from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN
 from prefect_gitops.adapters.smoke_runner import SmokeRunner
@@ -45,16 +46,20 @@ async def reconcile(
         title="Write concurrency", description="Targets updated at once.", ge=1, le=32)] = 4,
     force: Annotated[bool, Field(
         title="Force", description="Apply even the revision a rollback moved away from.")] = False,
+    override_windows: Annotated[bool, Field(
+        title="Override sync windows",
+        description="Apply even inside a deny window or outside every allow window.")] = False,
 ) -> dict[str, Any]:
     logger = get_run_logger()
     request = ReconcileRequest(
         environment=environment, source=GitSource(source_url), ref=ref, path=path, revision=revision,
         dry_run=dry_run, drift_mode=None if drift_mode == "from-file" else drift_mode,
-        concurrency=concurrency, flow_run_id=_flow_run_id(), force=force,
+        concurrency=concurrency, flow_run_id=_flow_run_id(), force=force, override_windows=override_windows,
     )
     async with get_client() as client:
         runner = SmokeRunner(client, environment, logger, concurrency=SMOKE_CONCURRENCY)
-        result = await run_reconcile(request, PrefectAPI(client), runner)
+        lock = lambda env, timeout: environment_lock(client, env, timeout)  # noqa: E731
+        result = await run_reconcile(request, PrefectAPI(client), runner, lock=lock)
     return await _finish(result, "reconcile")
 
 
@@ -74,7 +79,8 @@ async def rollback(
     request = RollbackRequest(environment=environment, to_revision=to_revision, steps=steps,
                               concurrency=concurrency, flow_run_id=_flow_run_id())
     async with get_client() as client:
-        result = await run_rollback(request, PrefectAPI(client))
+        lock = lambda env, timeout: environment_lock(client, env, timeout)  # noqa: E731
+        result = await run_rollback(request, PrefectAPI(client), lock=lock)
     return await _finish(result, "rollback")
 
 
@@ -93,6 +99,10 @@ async def _finish(result, what: str) -> dict[str, Any]:
     await publish_artifact(result)
     emit_reconcile_events(result)
     report = result.to_json()
+    if result.status == "busy":
+        # not a success and not a failure of this run: another rollout holds the environment
+        get_run_logger().warning("%s", result.message)
+        return Cancelled(name="Busy", message=result.message[:5000], data=report)
     if not result.ok:
         # A Failed state, not an exception: the run ends Failed with the reason and the report, no traceback.
         message = f"{what} of {result.environment} failed ({result.error_kind}): {result.message}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from prefect_gitops.windows import SyncWindow
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 ENVIRONMENT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -105,6 +106,9 @@ class SmokeTestPolicy(SmokeTestOverride):
     post_apply: PostApplySpec = Field(default_factory=PostApplySpec)
 
 
+Wave = Annotated[int, Field(ge=-100, le=100)]
+
+
 class WorkPoolSpec(_Strict):
     job_variables: JobVariables = Field(
         default_factory=dict,
@@ -112,6 +116,7 @@ class WorkPoolSpec(_Strict):
         "(base_job_template.variables.properties.KEY.default).",
     )
     smoke_test: SmokeTestOverride | None = None
+    wave: Wave | None = Field(default=None, description="Rollout wave (lower first); wins over rollout.waves selectors.")
 
 
 class DeploymentSpec(_Strict):
@@ -120,6 +125,32 @@ class DeploymentSpec(_Strict):
         description="The deployment's own job variables; they override the work pool's defaults.",
     )
     smoke_test: SmokeTestOverride | None = None
+    wave: Wave | None = Field(default=None, description="Rollout wave (lower first); wins over rollout.waves selectors.")
+
+
+class WaveSelector(_Strict):
+    wave: Wave
+    name: str | None = Field(default=None, description="Shown in the artifact.")
+    deployments: list[str] = Field(default_factory=list, description='fnmatch patterns of "flow/deployment" names.')
+    work_pools: list[str] = Field(default_factory=list, description="fnmatch patterns of work pool names.")
+    tags: list[str] = Field(default_factory=list, description="Deployments with any of these tags.")
+    max_parallel: int | None = Field(default=None, ge=1, le=64, description="Targets written at once in this wave.")
+
+
+class PromotionGate(_Strict):
+    from_: EnvironmentName = Field(alias="from", description="The environment an image must pass through first.")
+    soak_seconds: int = Field(default=0, ge=0, description="How long it must have run there, healthy.")
+
+
+class RolloutPolicy(_Strict):
+    lock_timeout_seconds: int = Field(
+        default=300, ge=0, le=86400,
+        description="How long a reconcile waits for another rollout of this environment before giving up.")
+    max_parallel: int = Field(default=4, ge=1, le=64, description="Targets written at once (per wave).")
+    waves: list[WaveSelector] = Field(
+        default_factory=list, description="Targets matching a selector roll out in its wave; the rest in wave 0.")
+    promotion: PromotionGate | None = Field(
+        default=None, description="Require each new image to have soaked in an earlier environment.")
 
 
 class DriftPolicy(_Strict):
@@ -156,6 +187,10 @@ class EnvironmentFile(_Strict):
     smoke_test: SmokeTestPolicy = Field(
         default_factory=SmokeTestPolicy,
         description="How new images are proven before they are applied; overridable per pool and deployment.")
+    rollout: RolloutPolicy = Field(default_factory=RolloutPolicy, description="Locking, waves and promotion.")
+    sync_windows: list[SyncWindow] = Field(
+        default_factory=list,
+        description="Argo CD-style allow/deny windows: outside them a reconcile plans and reports but does not apply.")
 
 
 def json_schema() -> dict:

@@ -81,6 +81,7 @@ class DeploymentActual:
     id: str
     work_pool_name: str | None
     job_variables: dict
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 from prefect_gitops.adapters.git import Source
 from prefect_gitops.adapters.prefect_api import PrefectAPI, bounded_gather
-from prefect_gitops.errors import ConfigError, ConfigProblem, GitOpsError, PermanentError, TransientError
+from prefect_gitops.errors import ConfigError, ConfigProblem, GitOpsError, PermanentError, RolloutBusy, TransientError
 from prefect_gitops.loader import load_environment
 from prefect_gitops.model import EnvironmentFile
 from prefect_gitops.plan import ActualState, Change, DeploymentActual, DriftMode, Plan, PoolActual, plan
 from prefect_gitops.plan import deployment_job_variables_after, pool_template_after
 from prefect_gitops.smoke import SmokeResult, SmokeTest, changes_by_target, gate, policy_problems, smoke_tests_for
+from prefect_gitops.waves import Wave, assign_waves, unsoaked_images
+from prefect_gitops.windows import evaluate as evaluate_windows
 from prefect_gitops.state import (
     Condition,
     EnvironmentState,
     HistoryEntry,
     RolledBack,
+    Suspension,
     begin_apply,
     find_rollback_target,
     finish_apply,
@@ -33,7 +37,9 @@ from prefect_gitops.state import (
     values_at,
 )
 
-Status = Literal["applied", "in-sync", "up-to-date", "planned", "drift-warned", "rolled-back", "failed"]
+Status = Literal["applied", "in-sync", "up-to-date", "planned", "drift-warned", "rolled-back", "failed",
+                 "busy", "suspended", "window-closed", "waiting"]
+HELD_STATUSES = ("suspended", "window-closed", "waiting")
 
 
 class SmokeRunnerLike(Protocol):
@@ -54,6 +60,7 @@ class ReconcileRequest:
     flow_run_id: str | None = None
     full_check: bool = False  # skip the "Git unchanged, no drift check due" shortcut
     force: bool = False  # apply even the revision a rollback moved away from
+    override_windows: bool = False  # apply inside a deny window / outside every allow window
 
 
 @dataclass
@@ -72,6 +79,7 @@ class ReconcileResult:
     smoke_results: dict[str, SmokeResult] = field(default_factory=dict)
     post_apply_results: dict[str, SmokeResult] = field(default_factory=dict)
     reverted: list[Change] = field(default_factory=list)  # automatic rollback writes
+    waves: list[Wave] = field(default_factory=list)
     rolled_back: RolledBack | None = None
     targets: dict[tuple[str, str], str] = field(default_factory=dict)  # (type, name) -> server id
     file: str | None = None
@@ -80,7 +88,7 @@ class ReconcileResult:
 
     @property
     def ok(self) -> bool:
-        return self.status != "failed"
+        return self.status not in ("failed", "busy")
 
     @property
     def failed_smoke_tests(self) -> list[tuple[SmokeTest, SmokeResult]]:
@@ -106,6 +114,8 @@ class ReconcileResult:
             ],
             "post_apply": {d: {"result": r.reason, "message": r.message} for d, r in self.post_apply_results.items()},
             "rolled_back": self.rolled_back.model_dump(mode="json") if self.rolled_back else None,
+            "waves": [{"wave": w.number, "name": w.name, "state": w.state, "changes": len(w.changes),
+                       "max_parallel": w.max_parallel, "message": w.message} for w in self.waves],
             "flow_run_id": self.flow_run_id,
         }
 
@@ -120,60 +130,85 @@ def _fail(result: ReconcileResult, exc: GitOpsError) -> None:
     result.message = "; ".join([str(p) for p in result.problems] + result.errors)
 
 
-async def reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None = None) -> ReconcileResult:
+async def reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None = None,
+                    lock: Callable[[str, float], AbstractAsyncContextManager] | None = None) -> ReconcileResult:
+    """`lock(environment, timeout)` serialises writers of one environment (None: no lock, e.g. plan)."""
     result = ReconcileResult(environment=request.environment, flow_run_id=request.flow_run_id)
     try:
-        return await _reconcile(request, api, runner, result)
+        return await _reconcile(request, api, runner, lock, result)
     except (ConfigError, TransientError, PermanentError) as exc:
         _fail(result, exc)
+    except RolloutBusy as exc:
+        result.status, result.message = "busy", str(exc)
+        return result
     if result.revision is None and not request.dry_run:
         await _record_source_failure(api, request, result.message)
     return result
 
 
-async def _reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None,
+def _holds_after_rollback(state: EnvironmentState, revision: str, request: ReconcileRequest,
+                          result: ReconcileResult) -> bool:
+    if state.rolled_back is None or request.dry_run:
+        return False
+    if revision == state.rolled_back.from_revision and not request.force:
+        result.status, result.rolled_back = "rolled-back", state.rolled_back
+        result.message = (f"rolled back ({state.rolled_back.reason}) from {revision[:12]} to "
+                          f"{(state.rolled_back.to_revision or 'the values before it')[:12]}; out of sync with "
+                          f"Git until Git moves to a new revision or a reconcile is forced")
+        return True
+    state.rolled_back = None  # Git moved on (or --force): reconcile normally
+    return False
+
+
+async def _reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None, lock,
                      result: ReconcileResult) -> ReconcileResult:
     now = utcnow()
     # fetch: one remote lookup, then the recorded state
     revision = request.revision or request.source.resolve(request.ref)
     result.revision = revision
     state, handle = await api.read_state(request.environment)
-
-    if state.rolled_back is not None and not request.dry_run:
-        if revision == state.rolled_back.from_revision and not request.force:
-            result.status, result.rolled_back = "rolled-back", state.rolled_back
-            result.message = (f"rolled back ({state.rolled_back.reason}) from {revision[:12]} to "
-                              f"{(state.rolled_back.to_revision or 'the values before it')[:12]}; out of sync with "
-                              f"Git until Git moves to a new revision or a reconcile is forced")
-            return result
-        state.rolled_back = None  # Git moved on (or --force): reconcile normally
-
+    if _holds_after_rollback(state, revision, request, result):
+        return result
     if (not request.dry_run and not request.full_check and revision == state.last_applied_revision
-            and not state.drift_check_due(now) and not state.has_unfinished_writes()):
+            and not state.drift_check_due(now) and not state.has_unfinished_writes() and state.suspended is None):
         result.status = "up-to-date"
         result.message = f"{revision[:12]} is applied and no drift check is due"
         return result
 
     # build: the environment file at that revision, validated
+    loaded, build_error = None, None
     try:
         with request.source.checkout(revision) as tree:
             loaded = load_environment(tree, request.path, request.environment)
+        result.file = loaded.file
     except ConfigError as exc:
-        if not request.dry_run:
-            await _record_failure(api, state, handle, revision, request, exc.problems, now)
-        raise
-    result.file = loaded.file
+        build_error = exc
+    if request.dry_run or lock is None:
+        if build_error:
+            raise build_error
+        return await _converge(request, api, runner, result, loaded, state, handle, revision, now)
+
+    timeout = loaded.spec.rollout.lock_timeout_seconds if loaded else 300
+    async with lock(request.environment, timeout):
+        state, handle = await api.read_state(request.environment)  # fresh: another rollout may just have ended
+        if _holds_after_rollback(state, revision, request, result):
+            return result
+        if build_error:
+            await _record_failure(api, state, handle, revision, request, build_error.problems, now)
+            raise build_error
+        return await _converge(request, api, runner, result, loaded, state, handle, revision, now)
+
+
+async def _converge(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None,
+                    result: ReconcileResult, loaded, state: EnvironmentState, handle, revision: str,
+                    now: dt.datetime) -> ReconcileResult:
     spec = loaded.spec
     drift_mode = request.drift_mode or spec.drift.mode
 
     # diff
     actual = await api.read_actual(
         pool_names=set(spec.work_pools) | set(state.inventory.work_pools),
-        deployment_names=set(spec.deployments) | set(state.inventory.deployments)
-        | {d for d in (spec.smoke_test.post_apply.deployment,) if d}
-        | {s.smoke_test.canary.deployment for s in [*spec.work_pools.values(), *spec.deployments.values()]
-           if s.smoke_test and s.smoke_test.canary and s.smoke_test.canary.deployment}
-        | ({spec.smoke_test.canary.deployment} if spec.smoke_test.canary and spec.smoke_test.canary.deployment else set()),
+        deployment_names=set(spec.deployments) | set(state.inventory.deployments) | _canary_deployments(spec),
     )
     the_plan = plan(spec, actual, state.inventory, drift_mode)
     result.plan = the_plan
@@ -184,40 +219,104 @@ async def _reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRu
         if not request.dry_run:
             await _record_failure(api, state, handle, revision, request, result.problems, now)
         raise ConfigError(result.problems)
-    result.smoke_tests = smoke_tests_for(the_plan, spec, actual)
+    result.waves = assign_waves(the_plan.to_apply, spec, actual)
+    result.smoke_tests = smoke_tests_for(the_plan.to_apply, spec, actual)
     if request.dry_run:
         result.status = "planned"
-        result.message = f"{len(the_plan.changes)} change(s) pending, {len(result.smoke_tests)} smoke test(s) to run"
+        result.message = (f"{len(the_plan.changes)} change(s) pending in {len(result.waves)} wave(s), "
+                          f"{len(result.smoke_tests)} smoke test(s) to run")
+        return result
+
+    # gates that hold the whole revision: suspension, sync windows, promotion
+    hold = await _gates(request, api, spec, state, the_plan, now)
+    if hold is not None:
+        status, reason, message = hold
+        result.status, result.message, result.held = status, message, list(the_plan.to_apply)
+        state.condition = Condition(ready=False, reason=reason, message=message[:2000])
+        await api.write_state(state, handle)
         return result
 
     state.last_attempted_revision, state.last_attempted_at = revision, now
     state.source, state.ref = request.source.display, request.ref
-
-    # smoke-test: prove new images before they reach a pool or a deployment
-    allowed = the_plan.to_apply
-    if result.smoke_tests:
-        if runner is None:
-            raise PermanentError("smoke tests are required by the policy but no runner is available here")
-        result.smoke_results = await runner.run_all(result.smoke_tests)
-        allowed, result.held = gate(the_plan, result.smoke_tests, result.smoke_results, spec.smoke_test.gate)
-
-    inventory_before = state.inventory
-    handle = await _apply(api, state, handle, actual, allowed, revision, request.concurrency, result)
-
-    # check: an optional canary run of what changed; a failure puts the previous values back
-    post = spec.smoke_test.post_apply
-    if post.kind == "canary" and result.applied and not result.failed and runner is not None:
-        deployments = sorted({c.target for c in result.applied if c.target_type == "deployment"})
-        if post.deployment and any(c.target_type == "work_pool" for c in result.applied):
-            deployments = sorted(set(deployments) | {post.deployment})
-        result.post_apply_results = await runner.post_apply(deployments, post.parameters, post.timeout_seconds)
-        if any(not r.passed for r in result.post_apply_results.values()):
-            await _automatic_rollback(api, state, handle, actual, inventory_before, the_plan, revision, request,
-                                      result, now)
-            return result
-
+    result.smoke_tests = []
+    for wave in result.waves:
+        handle = await _roll_out_wave(request, api, runner, result, spec, actual, state, handle, the_plan,
+                                      wave, revision, now)
+        if wave.state != "applied":
+            for later in result.waves[result.waves.index(wave) + 1:]:
+                later.state = "not started"
+                result.held.extend(later.changes)
+            if wave.state == "rolled-back":
+                return result
+            break
     return await _record(api, state, handle, the_plan, spec.drift.check_interval_seconds, revision,
                          request.flow_run_id, result, now)
+
+
+def _canary_deployments(spec: EnvironmentFile) -> set[str]:
+    named = {spec.smoke_test.post_apply.deployment, spec.smoke_test.canary.deployment if spec.smoke_test.canary else None}
+    for target in [*spec.work_pools.values(), *spec.deployments.values()]:
+        if target.smoke_test and target.smoke_test.canary:
+            named.add(target.smoke_test.canary.deployment)
+    return {n for n in named if n}
+
+
+async def _gates(request: ReconcileRequest, api: PrefectAPI, spec: EnvironmentFile, state: EnvironmentState,
+                 the_plan: Plan, now: dt.datetime) -> tuple[str, str, str] | None:
+    """(status, condition reason, message) when the revision must wait; None to go ahead."""
+    if state.suspended is not None:
+        return ("suspended", "Suspended", f"reconciliation of {request.environment} is suspended since "
+                f"{state.suspended.at:%Y-%m-%d %H:%M:%S} UTC ({state.suspended.reason or 'no reason given'}); "
+                f"{len(the_plan.changes)} change(s) pending, nothing applied")
+    if spec.sync_windows and the_plan.to_apply:
+        verdict = evaluate_windows(spec.sync_windows, now)
+        if not verdict.allowed and not request.override_windows:
+            return ("window-closed", "SyncWindowClosed", f"{verdict.reason}; {len(the_plan.to_apply)} change(s) "
+                    "planned, nothing applied (run with the window override to apply anyway)")
+    gate = spec.rollout.promotion
+    if gate is not None and the_plan.to_apply:
+        previous, handle = await api.read_state(gate.from_)
+        refused = unsoaked_images(the_plan.to_apply, gate, previous if handle is not None else None, now)
+        if refused:
+            return ("waiting", "PromotionPending", "promotion gate: " + "; ".join(
+                f"{image}: {why}" for image, why in refused.items()) + "; nothing applied")
+    return None
+
+
+async def _roll_out_wave(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None,
+                         result: ReconcileResult, spec: EnvironmentFile, actual: ActualState, state: EnvironmentState,
+                         handle, the_plan: Plan, wave: Wave, revision: str, now: dt.datetime):
+    """smoke-test -> apply -> check for one wave; sets wave.state."""
+    tests = smoke_tests_for(the_plan.to_apply, spec, actual,
+                            only={(c.target_type, c.target) for c in wave.changes})
+    result.smoke_tests.extend(tests)
+    allowed = wave.changes
+    if tests:
+        if runner is None:
+            raise PermanentError("smoke tests are required by the policy but no runner is available here")
+        outcomes = await runner.run_all(tests)
+        result.smoke_results.update(outcomes)
+        allowed, held = gate(wave.changes, tests, outcomes, spec.smoke_test.gate)
+        result.held.extend(held)
+    inventory_before = state.inventory
+    applied_before, failed_before = len(result.applied), len(result.failed)
+    handle = await _apply(api, state, handle, actual, allowed, revision, wave.max_parallel, result)
+    wave_applied = result.applied[applied_before:]
+    wave.state = "failed" if (len(result.failed) > failed_before or len(allowed) < len(wave.changes)) else "applied"
+    wave.message = f"{len(wave_applied)} of {len(wave.changes)} change(s) applied"
+
+    post = spec.smoke_test.post_apply
+    if post.kind == "canary" and wave_applied and wave.state == "applied" and runner is not None:
+        deployments = sorted({c.target for c in wave_applied if c.target_type == "deployment"})
+        if post.deployment and any(c.target_type == "work_pool" for c in wave_applied):
+            deployments = sorted(set(deployments) | {post.deployment})
+        checks = await runner.post_apply(deployments, post.parameters, post.timeout_seconds)
+        result.post_apply_results.update(checks)
+        if any(not r.passed for r in checks.values()):
+            await _automatic_rollback(api, state, handle, actual, inventory_before, the_plan, wave_applied,
+                                      revision, request, result, now)
+            wave.state, wave.message = "rolled-back", f"post-apply check failed; {len(result.reverted)} change(s) rolled back"
+    return handle
 
 
 def _remember_targets(result: ReconcileResult, actual: ActualState) -> None:
@@ -327,16 +426,16 @@ def _reverse(change: Change) -> Change:
 
 
 async def _automatic_rollback(api: PrefectAPI, state: EnvironmentState, handle, actual: ActualState,
-                              inventory_before, the_plan: Plan, revision: str, request: ReconcileRequest,
-                              result: ReconcileResult, now: dt.datetime) -> None:
-    """The post-apply check failed: put back what this run changed, and hold this revision."""
-    reverse = [_reverse(c) for c in reversed(result.applied)]
+                              inventory_before, the_plan: Plan, wave_applied: list[Change], revision: str,
+                              request: ReconcileRequest, result: ReconcileResult, now: dt.datetime) -> None:
+    """The post-apply check failed: put back what this wave changed, and hold this revision."""
+    reverse = [_reverse(c) for c in reversed(wave_applied)]
     applied, failed, failures = await _write(api, _after(actual, result.applied), reverse, request.concurrency)
     result.reverted = applied
     failing = [f"{d}: {r.message}" for d, r in result.post_apply_results.items() if not r.passed]
     finished = utcnow()
     if failed:  # could not undo everything: keep the inventory honest about what is on the server now
-        state.inventory = finish_apply(state.inventory, the_plan, result.applied, revision)
+        state.inventory = finish_apply(state.inventory, the_plan, wave_applied, revision)
         result.errors.extend(failures)
     else:
         state.inventory = inventory_before
@@ -344,6 +443,9 @@ async def _automatic_rollback(api: PrefectAPI, state: EnvironmentState, handle, 
                                    reason="automatic", flow_run_id=request.flow_run_id,
                                    message="post-apply check failed: " + "; ".join(failing))
     state.condition = Condition(ready=False, reason="RolledBack", message=state.rolled_back.message[:2000])
+    earlier = [c for c in result.applied if not any(c is w for w in wave_applied)]
+    if earlier:  # earlier waves stay applied: record them as a partial apply of this revision
+        state.inventory = finish_apply(state.inventory, Plan(), earlier, revision)
     state.add_history(HistoryEntry(revision=revision, outcome="rolled-back", started_at=now, finished_at=finished,
                                    flow_run_id=request.flow_run_id, changes=result.applied, reverted=applied,
                                    failures=failing + failures))
@@ -384,11 +486,23 @@ class RollbackRequest:
     steps: int | None = None
     concurrency: int = 4
     flow_run_id: str | None = None
+    lock_timeout_seconds: float = 300
 
 
-async def rollback(request: RollbackRequest, api: PrefectAPI) -> ReconcileResult:
+async def rollback(request: RollbackRequest, api: PrefectAPI, lock=None) -> ReconcileResult:
     """Restore the job variables as they were applied at an earlier revision, from the history."""
     result = ReconcileResult(environment=request.environment, flow_run_id=request.flow_run_id)
+    try:
+        if lock is None:
+            return await _rollback(request, api, result)
+        async with lock(request.environment, request.lock_timeout_seconds):
+            return await _rollback(request, api, result)
+    except RolloutBusy as exc:
+        result.status, result.message = "busy", str(exc)
+        return result
+
+
+async def _rollback(request: RollbackRequest, api: PrefectAPI, result: ReconcileResult) -> ReconcileResult:
     try:
         now = utcnow()
         state, handle = await api.read_state(request.environment)
@@ -428,3 +542,24 @@ async def rollback(request: RollbackRequest, api: PrefectAPI) -> ReconcileResult
     except (TransientError, PermanentError) as exc:
         _fail(result, exc)
     return result
+
+
+async def set_suspended(api: PrefectAPI, environment: str, suspend: bool, reason: str = "",
+                        lock=None, lock_timeout_seconds: float = 300) -> EnvironmentState:
+    """Suspend or resume reconciliation (and drift correction) of an environment."""
+    async def change() -> EnvironmentState:
+        state, handle = await api.read_state(environment)
+        if suspend:
+            state.suspended = Suspension(reason=reason)
+            state.condition = Condition(ready=False, reason="Suspended", message=reason or "suspended")
+        else:
+            state.suspended = None
+            state.last_drift_check_at = None  # the next reconcile checks everything again
+            state.condition = Condition(ready=False, reason="Resumed", message="resumed; waiting for a reconcile")
+        await api.write_state(state, handle)
+        return state
+
+    if lock is None:
+        return await change()
+    async with lock(environment, lock_timeout_seconds):
+        return await change()

@@ -16,6 +16,10 @@ _OUTCOME = {
     "drift-warned": "Drift reported, not corrected (drift mode warn)",
     "rolled-back": "Rolled back: the environment runs an earlier revision than Git",
     "failed": "Failed",
+    "busy": "Another rollout of this environment is in progress: nothing was written",
+    "suspended": "Suspended: planned and reported, nothing applied",
+    "window-closed": "Sync window closed: planned and reported, nothing applied",
+    "waiting": "Waiting for the promotion gate: nothing applied",
 }
 
 
@@ -65,6 +69,11 @@ def markdown(result: ReconcileResult) -> str:
         lines.append("")
     elif result.plan is not None:
         lines += [f"No changes: {len(result.plan.noops)} managed key(s) in sync.", ""]
+    if len(result.waves) > 1 or any(w.state != "pending" for w in result.waves if len(result.waves) > 1):
+        lines += ["## Waves", "", "| Wave | Name | Changes | Max parallel | State |", "|---|---|---|---|---|"]
+        for w in result.waves:
+            lines.append(f"| {w.number} | {_md(w.name)} | {len(w.changes)} | {w.max_parallel} | {w.state} {_md(w.message)} |")
+        lines.append("")
     if result.smoke_tests:
         lines += ["## Smoke tests", "", "| Test | Image | Targets | Result | Detail |", "|---|---|---|---|---|"]
         for t in result.smoke_tests:
@@ -130,6 +139,8 @@ def status_text(state: EnvironmentState) -> str:
         f"ready:                    {'-' if c is None else ('yes' if c.ready else 'no')}"
         + (f" ({c.reason}: {c.message})" if c else ""),
         f"managed keys:             {state.inventory.count()}",
+        "suspended:                " + ("no" if state.suspended is None else
+            f"yes since {state.suspended.at:%Y-%m-%d %H:%M:%S} ({state.suspended.reason or 'no reason given'})"),
         f"rolled back:              " + ("no" if state.rolled_back is None else
             f"yes ({state.rolled_back.reason}) from {state.rolled_back.from_revision[:12]} to "
             f"{(state.rolled_back.to_revision or '-')[:12]} at {state.rolled_back.at:%Y-%m-%d %H:%M:%S}; "

@@ -155,11 +155,17 @@ def _image_after(target: Target, changes: list[Change], desired: EnvironmentFile
     return None if value is _ABSENT else value
 
 
-def smoke_tests_for(plan: Plan, desired: EnvironmentFile, actual: ActualState) -> list[SmokeTest]:
-    """One test per distinct (kind, image, policy) for kubernetes/process; one canary per target."""
-    by_target = changes_by_target(plan.to_apply)
+def smoke_tests_for(to_apply: list[Change], desired: EnvironmentFile, actual: ActualState,
+                    only: set[Target] | None = None) -> list[SmokeTest]:
+    """One test per distinct (kind, image, policy) for kubernetes/process; one canary per target.
+
+    `only` restricts the tests to some targets (a wave) while images still resolve against the whole plan.
+    """
+    by_target = changes_by_target(to_apply)
     tests: dict[tuple, SmokeTest] = {}
     for target, changes in by_target.items():
+        if only is not None and target not in only:
+            continue
         if all(c.removed_from_git for c in changes) and target[1] not in (
                 desired.work_pools if target[0] == "work_pool" else desired.deployments):
             continue  # a target leaving Git is not rolled out
@@ -183,12 +189,12 @@ def smoke_tests_for(plan: Plan, desired: EnvironmentFile, actual: ActualState) -
     return list(tests.values())
 
 
-def gate(plan: Plan, tests: list[SmokeTest], results: dict[str, SmokeResult],
+def gate(changes: list[Change], tests: list[SmokeTest], results: dict[str, SmokeResult],
          mode: Literal["all-or-nothing", "per-target"]) -> tuple[list[Change], list[Change]]:
-    """Split the plan's changes into (allowed, held back) by the smoke-test results."""
+    """Split changes into (allowed, held back) by the smoke-test results."""
     failed_targets = {t for test in tests if not results[test.id].passed for t in test.targets}
     if failed_targets and mode == "all-or-nothing":
-        return [], list(plan.to_apply)
-    allowed = [c for c in plan.to_apply if (c.target_type, c.target) not in failed_targets]
-    held = [c for c in plan.to_apply if (c.target_type, c.target) in failed_targets]
+        return [], list(changes)
+    allowed = [c for c in changes if (c.target_type, c.target) not in failed_targets]
+    held = [c for c in changes if (c.target_type, c.target) in failed_targets]
     return allowed, held

@@ -28,6 +28,7 @@ class ManagedKey(BaseModel):
     had_previous: bool = Field(description="Whether the key existed before prefect-gitops first set it.")
     previous: Any = Field(default=None, description="Its value then; restored for pool defaults.")
     revision: str | None = None
+    applied_at: dt.datetime | None = Field(default=None, description="When `value` was first applied.")
 
 
 class Inventory(BaseModel):
@@ -84,6 +85,11 @@ class RolledBack(BaseModel):
     message: str = ""
 
 
+class Suspension(BaseModel):
+    at: dt.datetime = Field(default_factory=utcnow)
+    reason: str = ""
+
+
 class EnvironmentState(BaseModel):
     environment: str
     source: str | None = None  # URL without credentials
@@ -96,6 +102,7 @@ class EnvironmentState(BaseModel):
     drift_check_interval_seconds: int = 300
     condition: Condition | None = None
     rolled_back: RolledBack | None = None
+    suspended: Suspension | None = None
     inventory: Inventory = Field(default_factory=Inventory)
     history: list[HistoryEntry] = Field(default_factory=list, description="Newest first.")
 
@@ -143,8 +150,8 @@ def finish_apply(inventory: Inventory, plan: Plan, applied: list[Change], revisi
         else:
             entry = out.get(change.target_type, change.target, change.key)
             if entry is not None:
-                out.put(change.target_type, change.target, change.key,
-                        entry.model_copy(update={"applied": True, "value": change.new, "revision": revision}))
+                out.put(change.target_type, change.target, change.key, entry.model_copy(
+                    update={"applied": True, "value": change.new, "revision": revision, "applied_at": utcnow()}))
     for noop in plan.noops:
         entry = out.get(noop.target_type, noop.target, noop.key)
         if noop.reason in ("already-absent", "target-gone"):
@@ -152,9 +159,11 @@ def finish_apply(inventory: Inventory, plan: Plan, applied: list[Change], revisi
         elif noop.reason == "in-sync":
             if entry is None:
                 # Git and the server already agree: take the key over, its current value is its "before".
-                entry = ManagedKey(value=noop.value, applied=True, had_previous=True, previous=noop.value, revision=revision)
+                entry = ManagedKey(value=noop.value, applied=True, had_previous=True, previous=noop.value,
+                                   revision=revision, applied_at=utcnow())
             else:
-                entry = entry.model_copy(update={"applied": True, "value": noop.value})
+                entry = entry.model_copy(update={"applied": True, "value": noop.value,
+                                                 "applied_at": entry.applied_at or utcnow()})
             out.put(noop.target_type, noop.target, noop.key, entry)
     return out
 

@@ -124,7 +124,7 @@ class PrefectAPI:
             full = f"{flow_name_by_id.get(d.flow_id, '?')}/{d.name}"
             if full in wanted:
                 out[full] = DeploymentActual(name=full, id=str(d.id), work_pool_name=d.work_pool_name,
-                                             job_variables=dict(d.job_variables or {}))
+                                             job_variables=dict(d.job_variables or {}), tags=tuple(d.tags or ()))
         return out
 
     # -- writes -------------------------------------------------------------------------------

@@ -11,6 +11,12 @@ class SmokeRunner:
         self.client, self.environment, self.logger, self.concurrency = client, environment, logger, concurrency
 
     async def run(self, test: SmokeTest) -> SmokeResult:
+        from prefect_gitops.adapters.locks import smoke_test_slot
+
+        async with smoke_test_slot():  # one cap shared by every environment and run
+            return await self._run(test)
+
+    async def _run(self, test: SmokeTest) -> SmokeResult:
         if test.kind == "kubernetes":
             from prefect_gitops.adapters.kubernetes import run_kubernetes_test
 
@@ -26,6 +32,9 @@ class SmokeRunner:
                                 self.environment, test.image, self.logger)
 
     async def run_all(self, tests: list[SmokeTest]) -> dict[str, SmokeResult]:
+        from prefect_gitops.adapters.locks import ensure_smoke_test_limit
+
+        await ensure_smoke_test_limit(self.client)
         outcomes = await bounded_gather(self.concurrency, [lambda t=t: self.run(t) for t in tests])
         results = {}
         for test, outcome in zip(tests, outcomes):
@@ -37,9 +46,16 @@ class SmokeRunner:
 
     async def post_apply(self, deployments: list[str], parameters: dict, timeout: int) -> dict[str, SmokeResult]:
         from prefect_gitops.adapters.canary import run_canary
+        from prefect_gitops.adapters.locks import ensure_smoke_test_limit, smoke_test_slot
 
-        jobs = [lambda d=d: run_canary(self.client, f"post-apply:{d}", d, parameters, timeout, self.environment,
-                                       None, self.logger, purpose="post-apply") for d in deployments]
+        await ensure_smoke_test_limit(self.client)
+
+        async def one(d):
+            async with smoke_test_slot():
+                return await run_canary(self.client, f"post-apply:{d}", d, parameters, timeout, self.environment,
+                                        None, self.logger, purpose="post-apply")
+
+        jobs = [lambda d=d: one(d) for d in deployments]
         outcomes = await bounded_gather(self.concurrency, jobs)
         return {d: (o if isinstance(o, SmokeResult) else SmokeResult(f"post-apply:{d}", False, "error", str(o)))
                 for d, o in zip(deployments, outcomes)}

@@ -1,0 +1,64 @@
+"""Prefect global concurrency limits as rollout gates.
+
+One writer per environment (limit 1) and one shared cap on smoke-test Jobs and
+canary runs. Slots are leases that Prefect renews while held and frees when
+the holder dies, so a killed reconcile never leaves an environment locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import AsyncIterator
+
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.concurrency.asyncio import concurrency
+from prefect.exceptions import ObjectNotFound
+
+from prefect_gitops.adapters.prefect_api import api_errors
+from prefect_gitops.errors import RolloutBusy
+
+SMOKE_TEST_LIMIT = "prefect-gitops-smoke-tests"
+SMOKE_TEST_LIMIT_ENV = "PREFECT_GITOPS_SMOKE_TEST_LIMIT"  # when set, the shared cap is set to it
+DEFAULT_SMOKE_TEST_SLOTS = 4
+
+
+def environment_limit(environment: str) -> str:
+    return f"prefect-gitops-env-{environment}"
+
+
+async def ensure_limit(client, name: str, limit: int, enforce: bool) -> None:
+    """Create the limit when missing; set its size when `enforce` (else users may resize it in the UI)."""
+    async with api_errors(f"reading concurrency limit {name!r}"):
+        try:
+            existing = await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+            return
+        if (enforce and existing.limit != limit) or not existing.active:
+            await client.update_global_concurrency_limit(
+                name, GlobalConcurrencyLimitUpdate(limit=limit if enforce else existing.limit, active=True))
+
+
+@contextlib.asynccontextmanager
+async def environment_lock(client, environment: str, timeout_seconds: float) -> AsyncIterator[None]:
+    name = environment_limit(environment)
+    await ensure_limit(client, name, 1, enforce=True)
+    try:
+        async with concurrency(name, occupy=1, timeout_seconds=max(timeout_seconds, 0.1), strict=True):
+            yield
+    except TimeoutError:
+        raise RolloutBusy(f"another rollout of {environment} is in progress (waited {timeout_seconds:.0f}s); "
+                          "nothing was written") from None
+
+
+async def ensure_smoke_test_limit(client) -> None:
+    configured = os.environ.get(SMOKE_TEST_LIMIT_ENV)
+    await ensure_limit(client, SMOKE_TEST_LIMIT, int(configured) if configured else DEFAULT_SMOKE_TEST_SLOTS,
+                       enforce=configured is not None)
+
+
+@contextlib.asynccontextmanager
+async def smoke_test_slot() -> AsyncIterator[None]:
+    async with concurrency(SMOKE_TEST_LIMIT, occupy=1, strict=True):
+        yield
