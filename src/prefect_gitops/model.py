@@ -107,6 +107,23 @@ class SmokeTestPolicy(SmokeTestOverride):
 
 
 Wave = Annotated[int, Field(ge=-100, le=100)]
+WorkQueueName = Annotated[str, StringConstraints(min_length=1, pattern=r"^[^/%&><]+$")]
+
+
+class WorkQueueSpec(_Strict):
+    priority: int | None = Field(default=None, ge=1, description="1 is the highest; the server shifts others down.")
+    concurrency_limit: int | None = Field(default=None, ge=0, description="Runs of this queue at once.")
+    paused: bool | None = Field(default=None, description="A paused queue hands out no runs.")
+
+
+class ControlQueueSpec(_Strict):
+    """The queue prefect-gitops's own deployments run on, in each pool it manages."""
+
+    name: WorkQueueName = "prefect-gitops"
+    priority: int = Field(default=1, ge=1, description="1: ahead of every backlog of ordinary runs.")
+    concurrency_limit: int = Field(default=2, ge=1, description="Control runs (reconcile, smoke, rollback) at once.")
+    work_pools: list[WorkPoolName] | None = Field(
+        default=None, description="Pools to keep it in (default: every work pool of this file).")
 
 
 class WorkPoolSpec(_Strict):
@@ -117,6 +134,8 @@ class WorkPoolSpec(_Strict):
     )
     smoke_test: SmokeTestOverride | None = None
     wave: Wave | None = Field(default=None, description="Rollout wave (lower first); wins over rollout.waves selectors.")
+    work_queues: dict[WorkQueueName, WorkQueueSpec] = Field(
+        default_factory=dict, description="Work queues of this pool: created when missing, kept as declared.")
 
 
 class DeploymentSpec(_Strict):
@@ -151,6 +170,8 @@ class RolloutPolicy(_Strict):
         default_factory=list, description="Targets matching a selector roll out in its wave; the rest in wave 0.")
     promotion: PromotionGate | None = Field(
         default=None, description="Require each new image to have soaked in an earlier environment.")
+    control_queue: ControlQueueSpec | None = Field(
+        default=None, description="Create and keep prefect-gitops's own high-priority queue in the managed pools.")
 
 
 class DriftPolicy(_Strict):
@@ -191,6 +212,20 @@ class EnvironmentFile(_Strict):
     sync_windows: list[SyncWindow] = Field(
         default_factory=list,
         description="Argo CD-style allow/deny windows: outside them a reconcile plans and reports but does not apply.")
+
+
+def desired_work_queues(spec: EnvironmentFile) -> dict[str, dict[str, Any]]:
+    """ "pool/queue" -> declared fields, the control queue included (an explicit declaration wins)."""
+    out: dict[str, dict[str, Any]] = {}
+    control = spec.rollout.control_queue
+    if control is not None:
+        for pool in control.work_pools if control.work_pools is not None else list(spec.work_pools):
+            out[f"{pool}/{control.name}"] = {"priority": control.priority,
+                                             "concurrency_limit": control.concurrency_limit, "paused": False}
+    for pool, pool_spec in spec.work_pools.items():
+        for name, queue in pool_spec.work_queues.items():
+            out[f"{pool}/{name}"] = queue.model_dump(exclude_none=True)
+    return out
 
 
 def json_schema() -> dict:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from prefect_gitops.model import EnvironmentFile
     from prefect_gitops.state import Inventory
 
-TargetType = Literal["work_pool", "deployment"]
+TargetType = Literal["work_pool", "deployment", "work_queue"]
 DriftMode = Literal["correct", "warn"]
 _ABSENT = object()
 
@@ -44,7 +44,7 @@ class NoOp(BaseModel):
     target_type: TargetType
     target: str
     key: str
-    reason: Literal["in-sync", "already-absent", "target-gone"]
+    reason: Literal["in-sync", "already-absent", "target-gone", "released"]
     value: Any = None
 
 
@@ -85,9 +85,17 @@ class DeploymentActual:
 
 
 @dataclass(frozen=True)
+class QueueActual:
+    name: str  # "pool/queue"
+    id: str | None  # None: does not exist yet
+    values: dict  # priority, concurrency_limit, paused
+
+
+@dataclass(frozen=True)
 class ActualState:
     work_pools: dict[str, PoolActual] = field(default_factory=dict)
     deployments: dict[str, DeploymentActual] = field(default_factory=dict)
+    work_queues: dict[str, QueueActual] = field(default_factory=dict)  # existing queues of the managed pools
 
 
 @dataclass
@@ -117,11 +125,14 @@ def plan(desired: EnvironmentFile, actual: ActualState, inventory: Inventory, dr
     if result.problems:
         return result  # nothing is planned from input we refused
 
+    from prefect_gitops.model import desired_work_queues
+
     wanted: dict[TargetType, dict[str, dict[str, Any]]] = {
         "work_pool": {name: dict(spec.job_variables) for name, spec in desired.work_pools.items()},
         "deployment": {name: dict(spec.job_variables) for name, spec in desired.deployments.items()},
+        "work_queue": desired_work_queues(desired),
     }
-    for target_type in ("work_pool", "deployment"):
+    for target_type in ("work_pool", "deployment", "work_queue"):
         section = inventory.section(target_type)
         for target in sorted(set(wanted[target_type]) | set(section)):
             current = _current_values(actual, target_type, target)
@@ -141,6 +152,11 @@ def _current_values(actual: ActualState, target_type: TargetType, target: str) -
         if pool is None:
             return None
         return {k: pool.default(k) for k in pool.properties if pool.default(k) is not _ABSENT}
+    if target_type == "work_queue":
+        queue = actual.work_queues.get(target)
+        if queue is None:  # a queue to create: nothing set yet, but its pool must still exist
+            return {} if target.split("/", 1)[0] in actual.work_pools else None
+        return dict(queue.values)
     deployment = actual.deployments.get(target)
     return None if deployment is None else dict(deployment.job_variables)
 
@@ -166,7 +182,11 @@ def _plan_removed_key(result: Plan, target_type: TargetType, target: str, key: s
     if current is None:
         result.noops.append(NoOp(target_type=target_type, target=target, key=key, reason="target-gone"))
         return
-    restore = target_type == "work_pool" and entry.had_previous
+    if target_type == "work_queue" and not entry.had_previous:
+        # prefect-gitops created it: never deleted (runs may wait on it), just no longer managed
+        result.noops.append(NoOp(target_type=target_type, target=target, key=key, reason="released"))
+        return
+    restore = target_type in ("work_pool", "work_queue") and entry.had_previous
     if restore:
         if key in current and _same(current[key], entry.previous):
             result.noops.append(NoOp(target_type=target_type, target=target, key=key, reason="already-absent"))
@@ -191,6 +211,11 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _validate(desired: EnvironmentFile, actual: ActualState, result: Plan) -> None:
+    control = desired.rollout.control_queue
+    for pool in (control.work_pools or []) if control else []:
+        if pool not in actual.work_pools:
+            result.problems.append(PlanProblem(("rollout", "control_queue", "work_pools"),
+                                               f"work pool {pool!r} does not exist on the Prefect server"))
     for name, spec in desired.work_pools.items():
         pool = actual.work_pools.get(name)
         if pool is None:

@@ -19,7 +19,7 @@ from prefect_gitops.adapters.prefect_api import PrefectAPI, bounded_gather
 from prefect_gitops.errors import ConfigError, ConfigProblem, GitOpsError, PermanentError, RolloutBusy, TransientError
 from prefect_gitops.loader import load_environment
 from prefect_gitops.model import EnvironmentFile
-from prefect_gitops.plan import ActualState, Change, DeploymentActual, DriftMode, Plan, PoolActual, plan
+from prefect_gitops.plan import ActualState, Change, DeploymentActual, DriftMode, Plan, PoolActual, QueueActual, plan
 from prefect_gitops.plan import deployment_job_variables_after, pool_template_after
 from prefect_gitops.smoke import SmokeResult, SmokeTest, changes_by_target, gate, policy_problems, smoke_tests_for
 from prefect_gitops.waves import Wave, assign_waves, unsoaked_images
@@ -209,6 +209,7 @@ async def _converge(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRun
     actual = await api.read_actual(
         pool_names=set(spec.work_pools) | set(state.inventory.work_pools),
         deployment_names=set(spec.deployments) | set(state.inventory.deployments) | _canary_deployments(spec),
+        queue_pools=_queue_pools(spec, state),
     )
     the_plan = plan(spec, actual, state.inventory, drift_mode)
     result.plan = the_plan
@@ -251,6 +252,13 @@ async def _converge(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRun
             break
     return await _record(api, state, handle, the_plan, spec.drift.check_interval_seconds, revision,
                          request.flow_run_id, result, now)
+
+
+def _queue_pools(spec: EnvironmentFile, state: EnvironmentState) -> set[str]:
+    from prefect_gitops.model import desired_work_queues
+
+    names = set(desired_work_queues(spec)) | set(state.inventory.work_queues)
+    return {n.split("/", 1)[0] for n in names}
 
 
 def _canary_deployments(spec: EnvironmentFile) -> set[str]:
@@ -322,6 +330,7 @@ async def _roll_out_wave(request: ReconcileRequest, api: PrefectAPI, runner: Smo
 def _remember_targets(result: ReconcileResult, actual: ActualState) -> None:
     result.targets = {("work_pool", n): p.id for n, p in actual.work_pools.items()}
     result.targets.update({("deployment", n): d.id for n, d in actual.deployments.items()})
+    result.targets.update({("work_queue", n): q.id for n, q in actual.work_queues.items() if q.id})
 
 
 async def _apply(api: PrefectAPI, state: EnvironmentState, handle, actual: ActualState, changes: list[Change],
@@ -342,10 +351,23 @@ async def _write(api: PrefectAPI, actual: ActualState, changes: list[Change], co
     def job(target_type: str, name: str, target_changes: list[Change]):
         if target_type == "work_pool":
             return lambda: api.write_work_pool(actual.work_pools[name], target_changes)
+        if target_type == "work_queue":
+            queue = actual.work_queues.get(name) or QueueActual(name=name, id=None, values={})
+            return lambda: api.write_work_queue(queue, target_changes)
         return lambda: api.write_deployment(actual.deployments[name], target_changes)
 
-    keys = list(by_target)
+    # pools and deployments concurrently; then queues one at a time, highest priority first, because
+    # the server shifts the other queues of a pool down when one takes a priority
+    keys = [k for k in by_target if k[0] != "work_queue"]
     outcomes = await bounded_gather(concurrency, [job(t, n, by_target[(t, n)]) for t, n in keys])
+    queue_keys = sorted((k for k in by_target if k[0] == "work_queue"), key=lambda k: _queue_priority(by_target[k], actual, k[1]))
+    for key in queue_keys:
+        try:
+            await job(key[0], key[1], by_target[key])()
+            outcomes.append(None)
+        except GitOpsError as exc:
+            outcomes.append(exc)
+    keys += queue_keys
     applied: list[Change] = []
     failed: list[Change] = []
     failures: list[str] = []
@@ -358,6 +380,14 @@ async def _write(api: PrefectAPI, actual: ActualState, changes: list[Change], co
         else:
             applied.extend(by_target[key])
     return applied, failed, failures
+
+
+def _queue_priority(changes: list[Change], actual: ActualState, name: str) -> int:
+    for change in changes:
+        if change.key == "priority" and change.action == "set" and isinstance(change.new, int):
+            return change.new
+    queue = actual.work_queues.get(name)
+    return (queue.values.get("priority") if queue else None) or 10**6
 
 
 async def _record(api: PrefectAPI, state: EnvironmentState, handle, the_plan: Plan, check_interval: int,
@@ -409,13 +439,18 @@ def _after(actual: ActualState, applied: list[Change]) -> ActualState:
     """The server's targets as they are once `applied` was written."""
     pools = dict(actual.work_pools)
     deployments = dict(actual.deployments)
+    queues = dict(actual.work_queues)
     for (kind, name), changes in changes_by_target(applied).items():
-        if kind == "work_pool":
+        if kind == "work_queue":
+            queue = queues.get(name) or QueueActual(name=name, id=None, values={})
+            values = {**queue.values, **{c.key: c.new for c in changes if c.action == "set"}}
+            queues[name] = QueueActual(name=name, id=queue.id, values=values)
+        elif kind == "work_pool":
             pools[name] = PoolActual(name, pools[name].id, pool_template_after(pools[name], changes))
         else:
             d = deployments[name]
             deployments[name] = DeploymentActual(name, d.id, d.work_pool_name, deployment_job_variables_after(d, changes))
-    return ActualState(work_pools=pools, deployments=deployments)
+    return ActualState(work_pools=pools, deployments=deployments, work_queues=queues)
 
 
 def _reverse(change: Change) -> Change:
@@ -515,12 +550,17 @@ async def _rollback(request: RollbackRequest, api: PrefectAPI, result: Reconcile
         to_revision = state.history[index].revision
         values = values_at(state, index)
         result.revision = to_revision
+        pools: dict[str, dict] = {n: {"job_variables": v} for n, v in values["work_pool"].items()}
+        for name, fields in values["work_queue"].items():
+            pool, queue = name.split("/", 1)
+            pools.setdefault(pool, {"job_variables": {}}).setdefault("work_queues", {})[queue] = fields
         desired = EnvironmentFile.model_validate({
-            "work_pools": {n: {"job_variables": v} for n, v in values["work_pool"].items()},
+            "work_pools": pools,
             "deployments": {n: {"job_variables": v} for n, v in values["deployment"].items()},
         })
         actual = await api.read_actual(pool_names=set(desired.work_pools) | set(state.inventory.work_pools),
-                                       deployment_names=set(desired.deployments) | set(state.inventory.deployments))
+                                       deployment_names=set(desired.deployments) | set(state.inventory.deployments),
+                                       queue_pools={n.split("/", 1)[0] for n in state.inventory.work_queues})
         the_plan = plan(desired, actual, state.inventory, "correct")
         result.plan = the_plan
         _remember_targets(result, actual)

@@ -34,9 +34,10 @@ class ManagedKey(BaseModel):
 class Inventory(BaseModel):
     work_pools: dict[str, dict[str, ManagedKey]] = Field(default_factory=dict)
     deployments: dict[str, dict[str, ManagedKey]] = Field(default_factory=dict)
+    work_queues: dict[str, dict[str, ManagedKey]] = Field(default_factory=dict)
 
     def section(self, target_type: TargetType) -> dict[str, dict[str, ManagedKey]]:
-        return self.work_pools if target_type == "work_pool" else self.deployments
+        return {"work_pool": self.work_pools, "deployment": self.deployments, "work_queue": self.work_queues}[target_type]
 
     def get(self, target_type: TargetType, target: str, key: str) -> ManagedKey | None:
         return self.section(target_type).get(target, {}).get(key)
@@ -52,7 +53,7 @@ class Inventory(BaseModel):
                 del self.section(target_type)[target]
 
     def count(self) -> int:
-        return sum(len(k) for s in (self.work_pools, self.deployments) for k in s.values())
+        return sum(len(k) for s in (self.work_pools, self.deployments, self.work_queues) for k in s.values())
 
 
 class Condition(BaseModel):
@@ -115,7 +116,7 @@ class EnvironmentState(BaseModel):
     def has_unfinished_writes(self) -> bool:
         return any(
             not entry.applied
-            for section in (self.inventory.work_pools, self.inventory.deployments)
+            for section in (self.inventory.work_pools, self.inventory.deployments, self.inventory.work_queues)
             for keys in section.values()
             for entry in keys.values()
         )
@@ -154,7 +155,7 @@ def finish_apply(inventory: Inventory, plan: Plan, applied: list[Change], revisi
                     update={"applied": True, "value": change.new, "revision": revision, "applied_at": utcnow()}))
     for noop in plan.noops:
         entry = out.get(noop.target_type, noop.target, noop.key)
-        if noop.reason in ("already-absent", "target-gone"):
+        if noop.reason in ("already-absent", "target-gone", "released"):
             out.drop(noop.target_type, noop.target, noop.key)
         elif noop.reason == "in-sync":
             if entry is None:
@@ -171,8 +172,8 @@ def finish_apply(inventory: Inventory, plan: Plan, applied: list[Change], revisi
 def managed_values(inventory: Inventory) -> dict[TargetType, dict[str, dict[str, Any]]]:
     """The values prefect-gitops has applied, by target."""
     return {
-        "work_pool": {t: {k: e.value for k, e in keys.items() if e.applied} for t, keys in inventory.work_pools.items()},
-        "deployment": {t: {k: e.value for k, e in keys.items() if e.applied} for t, keys in inventory.deployments.items()},
+        kind: {t: {k: e.value for k, e in keys.items() if e.applied} for t, keys in inventory.section(kind).items()}
+        for kind in ("work_pool", "deployment", "work_queue")
     }
 
 

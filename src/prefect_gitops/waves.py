@@ -22,8 +22,11 @@ class Wave:
 
 
 def wave_of(change: Change, spec: EnvironmentFile, actual: ActualState) -> int:
-    section = spec.work_pools if change.target_type == "work_pool" else spec.deployments
-    target = section.get(change.target)
+    if change.target_type == "work_queue":  # queues roll out with their pool
+        target = spec.work_pools.get(change.target.split("/", 1)[0])
+    else:
+        section = spec.work_pools if change.target_type == "work_pool" else spec.deployments
+        target = section.get(change.target)
     if target is not None and target.wave is not None:
         return target.wave
     tags = set(actual.deployments[change.target].tags) if change.target in actual.deployments else set()
@@ -31,7 +34,8 @@ def wave_of(change: Change, spec: EnvironmentFile, actual: ActualState) -> int:
         if change.target_type == "deployment" and (
                 any(fnmatchcase(change.target, p) for p in selector.deployments) or tags & set(selector.tags)):
             return selector.wave
-        if change.target_type == "work_pool" and any(fnmatchcase(change.target, p) for p in selector.work_pools):
+        if change.target_type in ("work_pool", "work_queue") and any(
+                fnmatchcase(change.target.split("/", 1)[0], p) for p in selector.work_pools):
             return selector.wave
     return 0
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from prefect_gitops.model import EnvironmentFile
-from prefect_gitops.plan import ActualState, DeploymentActual, PoolActual, plan
+from prefect_gitops.plan import ActualState, DeploymentActual, PoolActual, QueueActual, plan
 from prefect_gitops.state import Inventory
 
 CASES = Path(__file__).parent.parent / "cases" / "planner"
@@ -24,6 +24,8 @@ def _actual(raw: dict) -> ActualState:
             n: DeploymentActual(name=n, id=f"id-{n}", work_pool_name=d.get("work_pool"), job_variables=d.get("job_variables") or {})
             for n, d in ((raw or {}).get("deployments") or {}).items()
         },
+        work_queues={n: QueueActual(name=n, id=f"id-{n}", values=v)
+                     for n, v in ((raw or {}).get("work_queues") or {}).items()},
     )
 
 

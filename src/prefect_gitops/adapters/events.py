@@ -14,7 +14,7 @@ FAILED = "prefect-gitops.reconcile.failed"
 SMOKE_TEST_FAILED = "prefect-gitops.smoke-test.failed"
 ROLLBACK = "prefect-gitops.rollback"
 
-_RESOURCE_KIND = {"work_pool": "prefect.work-pool", "deployment": "prefect.deployment"}
+_RESOURCE_KIND = {"work_pool": "prefect.work-pool", "deployment": "prefect.deployment", "work_queue": "prefect.work-queue"}
 
 
 def environment_resource(result: ReconcileResult) -> dict[str, str]:
@@ -44,6 +44,7 @@ def _payload(result: ReconcileResult, changes) -> dict:
         "flow_run_id": result.flow_run_id,
         "work_pools": sorted({c.target for c in changes if c.target_type == "work_pool"}),
         "deployments": sorted({c.target for c in changes if c.target_type == "deployment"}),
+        "work_queues": sorted({c.target for c in changes if c.target_type == "work_queue"}),
         "changes": [c.describe() for c in changes[:200]],
         "message": result.message[:2000],
     }

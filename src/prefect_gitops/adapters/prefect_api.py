@@ -30,7 +30,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import Field
 
 from prefect_gitops.errors import PermanentError, TransientError
-from prefect_gitops.plan import ActualState, Change, DeploymentActual, PoolActual
+from prefect_gitops.plan import ActualState, Change, DeploymentActual, PoolActual, QueueActual
 from prefect_gitops.plan import deployment_job_variables_after, pool_template_after
 from prefect_gitops.state import EnvironmentState
 
@@ -89,11 +89,26 @@ class PrefectAPI:
 
     # -- reads --------------------------------------------------------------------------------
 
-    async def read_actual(self, pool_names: Iterable[str], deployment_names: Iterable[str]) -> ActualState:
+    async def read_actual(self, pool_names: Iterable[str], deployment_names: Iterable[str],
+                          queue_pools: Iterable[str] = ()) -> ActualState:
         deployments = await self.read_deployments(sorted(set(deployment_names)))
-        wanted_pools = set(pool_names) | {d.work_pool_name for d in deployments.values() if d.work_pool_name}
+        queue_pools = set(queue_pools)
+        wanted_pools = set(pool_names) | queue_pools | {d.work_pool_name for d in deployments.values() if d.work_pool_name}
         pools = await self.read_work_pools(sorted(wanted_pools))
-        return ActualState(work_pools=pools, deployments=deployments)
+        queues = await self.read_work_queues(sorted(queue_pools & set(pools)))
+        return ActualState(work_pools=pools, deployments=deployments, work_queues=queues)
+
+    async def read_work_queues(self, pools: list[str]) -> dict[str, QueueActual]:
+        """Queues of the pools that have managed queues: one paginated read per such pool."""
+        out: dict[str, QueueActual] = {}
+        for pool in pools:
+            async with api_errors(f"reading the work queues of {pool!r}"):
+                queues = await _paged(lambda off: self.client.read_work_queues(
+                    work_pool_name=pool, limit=PAGE, offset=off))
+            for q in queues:
+                out[f"{pool}/{q.name}"] = QueueActual(name=f"{pool}/{q.name}", id=str(q.id), values={
+                    "priority": q.priority, "concurrency_limit": q.concurrency_limit, "paused": q.is_paused})
+        return out
 
     async def read_work_pools(self, names: list[str]) -> dict[str, PoolActual]:
         if not names:
@@ -138,6 +153,15 @@ class PrefectAPI:
         variables = deployment_job_variables_after(deployment, changes)
         async with api_errors(f"updating deployment {deployment.name!r}"):
             await self.client.update_deployment(deployment.id, DeploymentUpdate(job_variables=variables))
+
+    async def write_work_queue(self, queue: QueueActual, changes: list[Change]) -> None:
+        fields = {"is_paused" if c.key == "paused" else c.key: c.new for c in changes if c.action == "set"}
+        pool, name = queue.name.split("/", 1)
+        async with api_errors(f"{'updating' if queue.id else 'creating'} work queue {queue.name!r}"):
+            if queue.id is None:
+                await self.client.create_work_queue(name=name, work_pool_name=pool, **fields)
+            elif fields:
+                await self.client.update_work_queue(queue.id, **fields)
 
     # -- the environment's recorded state (a JSON block named gitops-<env>) ---------------------
 
