@@ -208,6 +208,18 @@ def _set_suspended(env: str, suspend_: bool, reason: str) -> None:
 
 
 @app.command()
+def promote(source: str = SOURCE, from_env: str = typer.Option(..., "--from", help="Environment to take images from."),
+            to_env: str = typer.Option(..., "--to", help="Environment whose file gets them."),
+            ref: str = typer.Option("main", "--ref", help="Branch to commit to."), path: str = PATH,
+            output: Output = OUTPUT) -> None:
+    """Write FROM's applied images into TO's file as a commit and push it (TO's next reconcile applies it)."""
+    from prefect_gitops.flows import promote as promote_flow
+
+    _run_flow(promote_flow, output, to_env, from_environment=from_env, to_environment=to_env,
+              source_url=source, branch=ref, path=path)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of an environment file (for editors)."""
     from prefect_gitops.model import json_schema

@@ -14,6 +14,7 @@ from prefect_gitops.adapters.locks import environment_lock
 from prefect_gitops.adapters.prefect_api import PrefectAPI
 from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN
 from prefect_gitops.adapters.smoke_runner import SmokeRunner
+from prefect_gitops.errors import GitOpsError
 from prefect_gitops.reconcile import ReconcileRequest, RollbackRequest, reconcile as run_reconcile
 from prefect_gitops.reconcile import rollback as run_rollback
 from prefect_gitops.report import text
@@ -82,6 +83,48 @@ async def rollback(
         lock = lambda env, timeout: environment_lock(client, env, timeout)  # noqa: E731
         result = await run_rollback(request, PrefectAPI(client), lock=lock)
     return await _finish(result, "rollback")
+
+
+@flow(name="gitops-promote", description="Commit the images an environment runs into the next environment's file.")
+async def promote(
+    from_environment: Annotated[str, Field(
+        title="From environment", description="Whose applied images to promote (e.g. qa).",
+        pattern=ENVIRONMENT_NAME_PATTERN)],
+    to_environment: Annotated[str, Field(
+        title="To environment", description="Whose file in the GitOps repo gets them (e.g. prod).",
+        pattern=ENVIRONMENT_NAME_PATTERN)],
+    source_url: Annotated[str, Field(
+        title="GitOps repository URL", description="The repository to commit to (push access needed).")],
+    branch: Annotated[str, Field(title="Branch", description="Branch to commit the promotion to.")] = "main",
+    path: Annotated[str, Field(
+        title="Environments folder", description="Folder of the environment files inside the repo.")] = "environments",
+) -> dict[str, Any]:
+    from prefect_gitops.adapters.git_write import GitWriter
+    from prefect_gitops.promote import promote as run_promote
+
+    logger = get_run_logger()
+    async with get_client() as client:
+        state, handle = await PrefectAPI(client).read_state(from_environment)
+    if handle is None:
+        message = f"environment {from_environment!r} has never been reconciled: nothing to promote"
+        return Failed(message=message, data={"status": "failed", "message": message, "environment": to_environment,
+                                             "errors": [{"message": message}], "changes": [], "applied": 0})
+    try:
+        sha, plan = run_promote(state, to_environment, GitWriter(source_url), branch, path)
+    except GitOpsError as exc:
+        return Failed(message=str(exc), data={"status": "failed", "message": str(exc), "environment": to_environment,
+                                              "errors": [{"message": str(exc)}], "changes": [], "applied": 0})
+    changes = [{"target_type": section.rstrip("s"), "target": target,
+                "key": "image", "old": plan.current.get((section, target)), "new": image}
+               for (section, target), image in sorted(plan.updates.items())]
+    for (section, target), why in sorted(plan.skipped.items()):
+        logger.warning("left %s %s alone: %s", section, target, why)
+    message = (f"committed {sha} to {branch}: {len(changes)} image(s) from {from_environment}" if sha
+               else f"{to_environment} already runs {from_environment}'s images: nothing to commit")
+    logger.info("%s", message)
+    return {"status": "promoted" if sha else "in-sync", "environment": to_environment, "revision": sha,
+            "message": message, "changes": changes, "applied": len(changes), "errors": [],
+            "skipped": [{"target": t, "reason": why} for (_, t), why in sorted(plan.skipped.items())]}
 
 
 SMOKE_CONCURRENCY = 4

@@ -193,3 +193,36 @@ def test_suspend_stops_apply_and_drift_correction_resume_restores(estate):
     code, report = cli_json("apply", "--source", e["repo"].url, "--env", env)
     assert report["status"] == "applied"
     assert deployment_job_variables(e["a"]) == {"image": "flows:1"} and deployment_job_variables(e["b"]) == {"image": "flows:2"}
+
+
+def test_promote_commits_exactly_the_image_lines(estate):
+    e = estate
+    qa, prod = f"qa{e['u']}", f"prod{e['u']}"
+    e["repo"].git("config", "receive.denyCurrentBranch", "updateInstead")  # the test repo is pushed to
+    e["repo"].commit_env(qa, {"deployments": {e["a"]: {"job_variables": {"image": "registry.example.com/flows:2.0.0"}}}})
+    e["repo"].commit_env(prod, f"""\
+# prod: reviewed by the platform team
+deployments:
+  {e['b']}:
+    job_variables:
+      image: registry.example.com/flows:1.0.0   # pinned
+      env: {{LOG_LEVEL: info}}
+""")
+    cli_json("apply", "--source", e["repo"].url, "--env", qa)
+    cli_json("apply", "--source", e["repo"].url, "--env", prod)
+    assert deployment_job_variables(e["b"])["image"] == "registry.example.com/flows:1.0.0"
+
+    code, report = cli_json("promote", "--source", e["repo"].url, "--from", qa, "--to", prod)
+    assert report["status"] == "promoted" and report["changes"][0]["new"] == "registry.example.com/flows:2.0.0"
+    head = e["repo"].git("rev-parse", "HEAD")
+    assert report["revision"] == head
+    diff = e["repo"].git("diff", "-U0", "HEAD~1", "HEAD")
+    changed = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert changed == ["-      image: registry.example.com/flows:1.0.0   # pinned",
+                       "+      image: registry.example.com/flows:2.0.0   # pinned"]
+    assert e["repo"].git("log", "-1", "--format=%an %s") == f"prefect-gitops prefect-gitops: promote {qa} -> {prod}"
+
+    code, report = cli_json("apply", "--source", e["repo"].url, "--env", prod)
+    assert report["revision"] == head and deployment_job_variables(e["b"])["image"] == "registry.example.com/flows:2.0.0"
+    code, report = cli_json("promote", "--source", e["repo"].url, "--from", qa, "--to", prod)
+    assert report["status"] == "in-sync" and e["repo"].git("rev-parse", "HEAD") == head

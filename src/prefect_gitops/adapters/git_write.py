@@ -19,7 +19,6 @@ pushes, re-applying the edit on the new tip if someone pushed meanwhile.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -85,7 +84,7 @@ def set_images(text: str, updates: dict[tuple[str, str], str]) -> str:
     if new == text:
         return text
 
-    expected = copy.deepcopy(before) if before is not None else {}
+    expected = _unshared(before) if before is not None else {}
     for (section, target), image in updates.items():
         _set_path(expected, [section, target, "job_variables", "image"], image)
     if _plain(new) != expected:
@@ -116,6 +115,15 @@ def _plain(text: str) -> Any:
         return YAML(typ="safe", pure=True).load(text)
     except YAMLError as exc:
         raise PermanentError(f"cannot edit invalid YAML: {exc}") from None
+
+
+def _unshared(data: Any) -> Any:
+    """A copy where aliased nodes are no longer one object (deepcopy would keep them shared)."""
+    if isinstance(data, dict):
+        return {key: _unshared(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_unshared(item) for item in data]
+    return data
 
 
 def _set_path(data: Any, path: list[str], value: str) -> None:

@@ -1,0 +1,5 @@
+"""Entrypoint for prefect.yaml and `prefect deploy`: flows/promote.py:promote."""
+
+from prefect_gitops.flows import promote
+
+__all__ = ["promote"]
