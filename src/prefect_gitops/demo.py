@@ -34,6 +34,10 @@ smoke_test:
   process:
     command: [python3, -c, "import os, sys; i = os.environ['SMOKE_IMAGE']; print('smoke test of', i); sys.exit(3 if 'broken' in i else 0)"]
   timeout_seconds: 60
+rollout:
+  waves:
+    - {wave: 1, name: canary, deployments: ["etl/*"]}
+    - {wave: 2, name: fleet, work_pools: [demo-k8s-prod], deployments: ["reports/*"]}
 work_pools:
   demo-k8s-prod:
     job_variables:
@@ -121,6 +125,7 @@ def _make_repo(root: Path) -> Path:
     (repo / "environments" / "qa.yaml").write_text(QA)
     (repo / "environments" / "prod.yaml").write_text(_prod("1.4.3", "2.0.0"))
     _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "config", "receive.denyCurrentBranch", "updateInstead")  # promote pushes to it
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "Describe qa and prod")
     return repo
@@ -162,6 +167,17 @@ def _reconcile(repo: Path, env: str) -> dict:
     return report
 
 
+def _promote(repo: Path, source: str, target: str) -> dict:
+    from prefect_gitops.flows import promote
+
+    async def run():
+        state = await promote(from_environment=source, to_environment=target, source_url=repo.as_uri(),
+                              return_state=True)
+        return await state.result(raise_on_failure=False)
+
+    return asyncio.run(run())
+
+
 def _show(title: str, report: dict) -> None:
     from prefect.settings import PREFECT_UI_URL
 
@@ -176,6 +192,9 @@ def _show(title: str, report: dict) -> None:
         print(f"  smoke test ({t['kind']}) of {t['image']}: {t.get('result', 'not run')}: {t.get('message', '')}")
         if t.get("result") not in (None, "passed") and t.get("log_tail"):
             print("    log tail: " + t["log_tail"].replace("\n", "\n              "))
+    if len(report.get("waves", [])) > 1:
+        print("  waves: " + "; ".join(f"{w['wave']} {w['name']} ({w['changes']} change(s)): {w['state']}"
+                                      for w in report["waves"]))
     if report.get("held"):
         print(f"  {report['held']} change(s) held back: nothing of this revision was applied")
     for e in report["errors"]:
@@ -207,7 +226,20 @@ def run_demo(keep: bool = False) -> int:
         broken = _reconcile(repo, "prod")
         _show("prod with a broken image", broken)
 
+        (repo / "environments" / "prod.yaml").write_text(_prod("1.4.4", "2.0.0"))
+        _git(repo, "commit", "-q", "-am", "prod: revert reports/prod-weekly to 2.0.0")
+        print("\nreverted the broken image in Git; now promoting qa's images to prod as a commit:")
+        promoted = _promote(repo, "qa", "prod")
+        print(f"  {promoted['message']}")
+        for c in promoted["changes"]:
+            print(f"  {c['target']}: {c['old']} -> {c['new']}")
+        print("  " + _git(repo, "show", "--stat", "--format=%h %s", "HEAD").replace("\n", "\n  "))
+        rollout = _reconcile(repo, "prod")
+        _show("prod after the promotion (two waves)", rollout)
+
         ok = (all(r["status"] in ("applied", "in-sync") for r in (qa, prod, again))
+              and promoted["status"] == "promoted" and rollout["status"] == "applied"
+              and [w["state"] for w in rollout["waves"]] == ["applied", "applied"]
               and again["applied"] == 1 and again["changes"][0]["new"] == "registry.example.com/flows:1.4.4"
               and [t["result"] for t in again["smoke_tests"]] == ["passed"]
               and broken["status"] == "failed" and broken["applied"] == 0

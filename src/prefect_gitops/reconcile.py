@@ -297,13 +297,15 @@ async def _roll_out_wave(request: ReconcileRequest, api: PrefectAPI, runner: Smo
     """smoke-test -> apply -> check for one wave; sets wave.state."""
     tests = smoke_tests_for(the_plan.to_apply, spec, actual,
                             only={(c.target_type, c.target) for c in wave.changes})
-    result.smoke_tests.extend(tests)
+    result.smoke_tests.extend(t for t in tests if t.id not in result.smoke_results)
     allowed = wave.changes
     if tests:
         if runner is None:
             raise PermanentError("smoke tests are required by the policy but no runner is available here")
-        outcomes = await runner.run_all(tests)
+        # an image proven in an earlier wave of this run (same policy) is not tested again
+        outcomes = await runner.run_all([t for t in tests if t.id not in result.smoke_results])
         result.smoke_results.update(outcomes)
+        outcomes = {t.id: result.smoke_results[t.id] for t in tests}
         allowed, held = gate(wave.changes, tests, outcomes, spec.smoke_test.gate)
         result.held.extend(held)
     inventory_before = state.inventory
@@ -340,7 +342,8 @@ async def _apply(api: PrefectAPI, state: EnvironmentState, handle, actual: Actua
         state.inventory = begin_apply(state.inventory, changes, revision)
         handle = await api.write_state(state, handle)
     applied, failed, failures = await _write(api, actual, changes, concurrency)
-    result.applied, result.failed = applied, failed
+    result.applied.extend(applied)
+    result.failed.extend(failed)
     result.errors.extend(failures)
     return handle
 
