@@ -219,6 +219,72 @@ def promote(source: str = SOURCE, from_env: str = typer.Option(..., "--from", he
               source_url=source, branch=ref, path=path)
 
 
+EXIT_TIMEOUT = 124  # as timeout(1)
+
+
+@app.command()
+def trigger(env: str = ENV,
+            revision: Optional[str] = typer.Option(None, "--revision", help="Full commit SHA to apply (e.g. $CI_COMMIT_SHA)."),
+            wait: bool = typer.Option(False, "--wait", help="Follow the run until it ends."),
+            timeout: float = typer.Option(900, "--timeout", help="Seconds to wait with --wait."),
+            deployment: Optional[str] = typer.Option(
+                None, "--deployment", help="Reconcile deployment (default: gitops-reconcile/reconcile-ENV)."),
+            dry_run: bool = typer.Option(False, "--dry-run", help="Plan only.")) -> None:
+    """Start the reconcile deployment of ENV (what CI calls).
+
+    Exit 0: started (or, with --wait, completed); 1: failed, crashed or cancelled; 3: another rollout
+    of ENV was in progress; 124: still running when --timeout passed (the run goes on).
+    """
+    import time
+
+    from prefect import get_client
+    from prefect.deployments import arun_deployment
+
+    name = deployment or f"gitops-reconcile/reconcile-{env}"
+    parameters: dict = {}
+    if revision:
+        parameters["revision"] = revision
+    if dry_run:
+        parameters["dry_run"] = True
+
+    async def run() -> int:
+        async with get_client() as client:
+            try:
+                flow_run = await arun_deployment(name=name, client=client, parameters=parameters, timeout=0,
+                                                 as_subflow=False, tags=["prefect-gitops-trigger"])
+            except Exception as exc:
+                sys.stderr.write(f"cannot start {name}: {exc}\n")
+                return EXIT_FAILED
+            sys.stdout.write(f"started {name}: flow run {flow_run.name} ({flow_run.id})\n")
+            ui = _ui_url(str(flow_run.id))
+            if ui:
+                sys.stdout.write(f"view it at {ui}\n")
+            sys.stdout.flush()
+            if not wait:
+                return EXIT_OK
+            deadline = time.monotonic() + timeout
+            last = None
+            while True:
+                current = await client.read_flow_run(flow_run.id)
+                state = current.state
+                if state is not None and state.name != last:
+                    last = state.name
+                    sys.stdout.write(f"{time.strftime('%H:%M:%S')} {state.name}"
+                                     + (f": {state.message}" if state.message else "") + "\n")
+                    sys.stdout.flush()
+                if state is not None and state.is_final():
+                    if state.is_completed():
+                        return EXIT_OK
+                    return EXIT_BUSY if state.name == "Busy" else EXIT_FAILED
+                if time.monotonic() > deadline:
+                    sys.stderr.write(f"timed out after {timeout:.0f}s; flow run {flow_run.id} is still "
+                                     f"{state.name if state else 'unknown'} and goes on\n")
+                    return EXIT_TIMEOUT
+                await asyncio.sleep(2)
+
+    raise typer.Exit(asyncio.run(run()))
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of an environment file (for editors)."""

@@ -12,7 +12,7 @@ from pydantic import Field
 from prefect_gitops.adapters.git import GitSource
 from prefect_gitops.adapters.locks import environment_lock
 from prefect_gitops.adapters.prefect_api import PrefectAPI
-from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN
+from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN, deep_merge
 from prefect_gitops.adapters.smoke_runner import SmokeRunner
 from prefect_gitops.errors import GitOpsError
 from prefect_gitops.reconcile import ReconcileRequest, RollbackRequest, reconcile as run_reconcile
@@ -20,62 +20,88 @@ from prefect_gitops.reconcile import rollback as run_rollback
 from prefect_gitops.report import text
 
 
+
+def param(default: Any, title: str, description: str) -> Any:
+    """A flow parameter with a title and a description for the UI's run form.
+
+    Prefect builds the parameter schema from a pydantic Field given as the default, keeping its
+    description but not its constraints (those go in the annotation) and setting every title to
+    the parameter's name (so the title goes through json_schema_extra).
+    """
+    return Field(default, description=description, json_schema_extra={"title": title})
+
+
 @flow(name="gitops-reconcile", description="Plan and apply a GitOps environment's job variables to Prefect.")
 async def reconcile(
-    environment: Annotated[str, Field(
-        title="Environment",
-        description="Which environment file to reconcile: <path>/<environment>.yaml in the GitOps repo.",
-        pattern=ENVIRONMENT_NAME_PATTERN)],
-    source_url: Annotated[str, Field(
-        title="GitOps repository URL",
-        description="Any URL git can fetch: https://, ssh://, git@host:path, file:// or a local path.")],
-    ref: Annotated[str, Field(
-        title="Git ref", description="Branch, tag or full commit SHA to follow.")] = "main",
-    path: Annotated[str, Field(
-        title="Environments folder", description="Folder of the environment files inside the repo.")] = "environments",
-    revision: Annotated[str | None, Field(
-        title="Pinned revision",
-        description="A full commit SHA to apply instead of resolving the ref (for example from CI).",
-        pattern=r"^[0-9a-f]{40}$")] = None,
-    dry_run: Annotated[bool, Field(
-        title="Dry run", description="Plan and publish the plan artifact, write nothing.")] = False,
-    drift_mode: Annotated[Literal["from-file", "correct", "warn"], Field(
-        title="Drift mode",
-        description="correct: revert values changed outside Git; warn: report only; "
-                    "from-file: the environment file's drift.mode (default correct).")] = "from-file",
-    concurrency: Annotated[int, Field(
-        title="Write concurrency", description="Targets updated at once.", ge=1, le=32)] = 4,
-    force: Annotated[bool, Field(
-        title="Force", description="Apply even the revision a rollback moved away from.")] = False,
-    override_windows: Annotated[bool, Field(
-        title="Override sync windows",
-        description="Apply even inside a deny window or outside every allow window.")] = False,
+    environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "Environment", description="Which environment file to reconcile: <path>/<environment>.yaml in the GitOps repo."),
+    source_block: str | None = param(None, "GitOps Source block", description="Name of a saved GitOps Source block (URL, ref, folder, credentials). " "The fields below override it when set."),
+    source_url: str | None = param(None, "GitOps repository URL", description="Any URL git can fetch: https://, ssh://, git@host:path, file:// or a local path."),
+    ref: str | None = param(None, "Git ref", description="Branch, tag or full commit SHA to follow (default: the block's, else main)."),
+    path: str | None = param(None, "Environments folder", description="Folder of the environment files inside the repo (default: the block's, else environments)."),
+    revision: Annotated[str | None, Field(pattern=r"^[0-9a-f]{40}$")] = param(None, "Pinned revision", description="A full commit SHA to apply instead of resolving the ref (for example from CI)."),
+    dry_run: bool = param(False, "Dry run", description="Plan and publish the plan artifact, write nothing."),
+    drift_mode: Literal["from-file", "correct", "warn"] = param("from-file", "Drift mode", description="correct: revert values changed outside Git; warn: report only; " "from-file: the environment file's drift.mode (default correct)."),
+    concurrency: Annotated[int, Field(ge=1, le=32)] = param(4, "Write concurrency", description="Targets updated at once."),
+    force: bool = param(False, "Force", description="Apply even the revision a rollback moved away from."),
+    override_windows: bool = param(False, "Override sync windows", description="Apply even inside a deny window or outside every allow window."),
+    rollout_defaults_block: str | None = param(None, "Rollout defaults block", description="Name of a GitOps Rollout Defaults block for files that leave drift/rollout out."),
+    smoke_test_defaults_block: str | None = param(None, "Smoke test defaults block", description="Name of a GitOps Smoke Test Defaults block for files that leave smoke_test out."),
 ) -> dict[str, Any]:
+    from prefect_gitops.blocks import GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
+
     logger = get_run_logger()
+    block = await GitOpsSource.aload(source_block) if source_block else None
+    url = source_url or (block.url if block else None)
+    if not url:
+        message = "give source_url or source_block: where is the GitOps repo?"
+        return Failed(message=message, data={"environment": environment, "status": "failed", "message": message,
+                                             "errors": [{"message": message}], "changes": [], "applied": 0})
+    source = block.to_source() if block and url == block.url else GitSource(url)
+    defaults: dict = {}
+    if rollout_defaults_block:
+        defaults = deep_merge(defaults, (await GitOpsRolloutDefaults.aload(rollout_defaults_block)).as_file_defaults())
+    if smoke_test_defaults_block:
+        defaults = deep_merge(defaults, (await GitOpsSmokeTestDefaults.aload(smoke_test_defaults_block)).as_file_defaults())
     request = ReconcileRequest(
-        environment=environment, source=GitSource(source_url), ref=ref, path=path, revision=revision,
+        environment=environment, source=source, ref=ref or (block.ref if block else "main"),
+        path=path or (block.path if block else "environments"), revision=revision,
         dry_run=dry_run, drift_mode=None if drift_mode == "from-file" else drift_mode,
         concurrency=concurrency, flow_run_id=_flow_run_id(), force=force, override_windows=override_windows,
+        defaults=defaults or None,
     )
     async with get_client() as client:
         runner = SmokeRunner(client, environment, logger, concurrency=SMOKE_CONCURRENCY)
         lock = lambda env, timeout: environment_lock(client, env, timeout)  # noqa: E731
         result = await run_reconcile(request, PrefectAPI(client), runner, lock=lock)
+    if block is not None and not dry_run:
+        await _report_commit_status(block, result, logger)
     return await _finish(result, "reconcile")
+
+
+async def _report_commit_status(block, result, logger) -> None:
+    """GitLab source with an API URL and a project: the result becomes a commit status on the revision."""
+    creds = block.gitlab_credentials
+    if creds is None or not creds.url or not block.gitlab_project or not result.revision or creds.token is None:
+        return
+    from prefect_gitops.adapters.gitlab import report_commit_status
+    from prefect_gitops.report import _OUTCOME
+
+    state = {"failed": "failed", "busy": "canceled"}.get(result.status, "success")
+    api_url = creds.url.rstrip("/")
+    try:
+        report_commit_status(api_url, creds.token, block.gitlab_project, result.revision, state,
+                             name=f"prefect-gitops/{result.environment}",
+                             description=_OUTCOME.get(result.status, result.status)[:255])
+    except GitOpsError as exc:  # a status we could not post does not change the reconcile's outcome
+        logger.warning("could not report the commit status to GitLab: %s", exc)
 
 
 @flow(name="gitops-rollback", description="Restore an environment's job variables as applied at an earlier revision.")
 async def rollback(
-    environment: Annotated[str, Field(
-        title="Environment", description="The environment to roll back.", pattern=ENVIRONMENT_NAME_PATTERN)],
-    to_revision: Annotated[str | None, Field(
-        title="To revision", description="A revision from the history (at least 7 characters of its SHA).",
-        pattern=r"^[0-9a-f]{7,40}$")] = None,
-    steps: Annotated[int | None, Field(
-        title="Steps back", description="Go back this many applied revisions (used when no revision is given).",
-        ge=1, le=50)] = None,
-    concurrency: Annotated[int, Field(
-        title="Write concurrency", description="Targets updated at once.", ge=1, le=32)] = 4,
+    environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "Environment", description="The environment to roll back."),
+    to_revision: Annotated[str | None, Field(pattern=r"^[0-9a-f]{7,40}$")] = param(None, "To revision", description="A revision from the history (at least 7 characters of its SHA)."),
+    steps: Annotated[int | None, Field(ge=1, le=50)] = param(None, "Steps back", description="Go back this many applied revisions (used when no revision is given)."),
+    concurrency: Annotated[int, Field(ge=1, le=32)] = param(4, "Write concurrency", description="Targets updated at once."),
 ) -> dict[str, Any]:
     request = RollbackRequest(environment=environment, to_revision=to_revision, steps=steps,
                               concurrency=concurrency, flow_run_id=_flow_run_id())
@@ -87,17 +113,11 @@ async def rollback(
 
 @flow(name="gitops-promote", description="Commit the images an environment runs into the next environment's file.")
 async def promote(
-    from_environment: Annotated[str, Field(
-        title="From environment", description="Whose applied images to promote (e.g. qa).",
-        pattern=ENVIRONMENT_NAME_PATTERN)],
-    to_environment: Annotated[str, Field(
-        title="To environment", description="Whose file in the GitOps repo gets them (e.g. prod).",
-        pattern=ENVIRONMENT_NAME_PATTERN)],
-    source_url: Annotated[str, Field(
-        title="GitOps repository URL", description="The repository to commit to (push access needed).")],
-    branch: Annotated[str, Field(title="Branch", description="Branch to commit the promotion to.")] = "main",
-    path: Annotated[str, Field(
-        title="Environments folder", description="Folder of the environment files inside the repo.")] = "environments",
+    from_environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "From environment", description="Whose applied images to promote (e.g. qa)."),
+    to_environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "To environment", description="Whose file in the GitOps repo gets them (e.g. prod)."),
+    source_url: str = param(..., "GitOps repository URL", description="The repository to commit to (push access needed)."),
+    branch: str = param("main", "Branch", description="Branch to commit the promotion to."),
+    path: str = param("environments", "Environments folder", description="Folder of the environment files inside the repo."),
 ) -> dict[str, Any]:
     from prefect_gitops.adapters.git_write import GitWriter
     from prefect_gitops.promote import promote as run_promote

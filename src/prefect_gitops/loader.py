@@ -20,7 +20,7 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from prefect_gitops.errors import ConfigError, ConfigProblem
-from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN, EnvironmentFile
+from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN, EnvironmentFile, deep_merge
 
 MAX_FILE_BYTES = 1024 * 1024
 
@@ -51,7 +51,7 @@ def environment_file_path(folder: str, environment: str) -> str:
     return f"{folder.strip('/') or '.'}/{environment}.yaml".removeprefix("./")
 
 
-def load_environment(repo_root: Path, folder: str, environment: str) -> LoadedEnvironment:
+def load_environment(repo_root: Path, folder: str, environment: str, defaults: dict | None = None) -> LoadedEnvironment:
     """Load environments/<environment>.yaml from a checked-out repo."""
     if not re.match(ENVIRONMENT_NAME_PATTERN, environment):
         raise ConfigError(
@@ -74,11 +74,14 @@ def load_environment(repo_root: Path, folder: str, environment: str) -> LoadedEn
         text = resolved.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem(f"not valid UTF-8: {exc}", file=relative)]) from None
-    return parse_environment(text, file=relative, name=environment)
+    return parse_environment(text, file=relative, name=environment, defaults=defaults)
 
 
-def parse_environment(text: str, file: str, name: str) -> LoadedEnvironment:
-    """Parse and validate an environment file's text. Pure."""
+def parse_environment(text: str, file: str, name: str, defaults: dict | None = None) -> LoadedEnvironment:
+    """Parse and validate an environment file's text. Pure.
+
+    `defaults` (from the policy default blocks) fill the sections the file leaves out; the file wins.
+    """
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
@@ -102,6 +105,8 @@ def parse_environment(text: str, file: str, name: str) -> LoadedEnvironment:
         plain = _to_plain(document, ())
     except _NotJson as exc:
         raise ConfigError([loaded.problem(exc.path, exc.message)]) from None
+    if defaults:
+        plain = deep_merge(defaults, plain)
     try:
         spec = EnvironmentFile.model_validate(plain)
     except ValidationError as exc:

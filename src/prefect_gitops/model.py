@@ -214,6 +214,14 @@ class EnvironmentFile(_Strict):
         description="Argo CD-style allow/deny windows: outside them a reconcile plans and reports but does not apply.")
 
 
+def deep_merge(base: dict, top: dict) -> dict:
+    """`top` wins; mappings merge key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def desired_work_queues(spec: EnvironmentFile) -> dict[str, dict[str, Any]]:
     """ "pool/queue" -> declared fields, the control queue included (an explicit declaration wins)."""
     out: dict[str, dict[str, Any]] = {}

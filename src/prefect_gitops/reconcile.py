@@ -61,6 +61,7 @@ class ReconcileRequest:
     full_check: bool = False  # skip the "Git unchanged, no drift check due" shortcut
     force: bool = False  # apply even the revision a rollback moved away from
     override_windows: bool = False  # apply inside a deny window / outside every allow window
+    defaults: dict | None = None  # sections from the policy default blocks; the file wins
 
 
 @dataclass
@@ -179,7 +180,7 @@ async def _reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRu
     loaded, build_error = None, None
     try:
         with request.source.checkout(revision) as tree:
-            loaded = load_environment(tree, request.path, request.environment)
+            loaded = load_environment(tree, request.path, request.environment, defaults=request.defaults)
         result.file = loaded.file
     except ConfigError as exc:
         build_error = exc

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prefect_gitops.model import (
     CanarySpec,
+    deep_merge,
     EnvironmentFile,
     KubernetesSmokeSpec,
     ProcessSpec,
@@ -48,18 +49,11 @@ def _override(desired: EnvironmentFile, target: Target) -> SmokeTestOverride | N
     return spec.smoke_test if spec is not None else None
 
 
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def resolve(desired: EnvironmentFile, target: Target) -> ResolvedSmoke:
     """Raises ValueError with a readable message when the merged policy is incomplete."""
     base = desired.smoke_test.model_dump(exclude_unset=True, exclude={"gate", "post_apply"})
     override = _override(desired, target)
-    merged = _merge(base, override.model_dump(exclude_unset=True) if override else {})
+    merged = deep_merge(base, override.model_dump(exclude_unset=True) if override else {})
     try:
         policy = ResolvedSmoke.model_validate(merged)
     except ValidationError as exc:

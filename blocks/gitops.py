@@ -1,0 +1,5 @@
+"""prefect-gitops block types, for `prefect block register --file blocks/gitops.py`."""
+
+from prefect_gitops.blocks import GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
+
+__all__ = ["GitOpsSource", "GitOpsRolloutDefaults", "GitOpsSmokeTestDefaults"]

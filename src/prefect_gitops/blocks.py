@@ -1,0 +1,104 @@
+"""Block types users configure in the Prefect UI: where the GitOps repo is, and policy defaults.
+
+Register them with `prefect block register -m prefect_gitops.blocks` (or `--file blocks/gitops.py`).
+Secrets are SecretStr: the UI masks them and they never reach logs, artifacts or events.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from prefect.blocks.core import Block
+from prefect_gitlab import GitLabCredentials
+from pydantic import Field, SecretStr
+
+from prefect_gitops.model import SmokeTestPolicy
+
+DOCS = "https://github.com/prefect-gitops/prefect-gitops#readme"
+
+
+class GitOpsSource(Block):
+    """The GitOps repository a reconcile reads: URL, ref, folder and credentials."""
+
+    _block_type_name = "GitOps Source"
+    _block_type_slug = "gitops-source"
+    _documentation_url = DOCS
+    _description = "Where prefect-gitops reads the desired state of your Prefect work pools and deployments."
+    _code_example = '''```python
+from prefect_gitops.blocks import GitOpsSource
+
+source = GitOpsSource.load("BLOCK_NAME")
+print(source.url, source.ref)
+```'''
+
+    url: str = Field(description="Git URL of the GitOps repository (https, ssh, file or a local path).")
+    ref: str = Field(default="main", description="Branch, tag or full commit SHA to follow.")
+    path: str = Field(default="environments", description="Folder of the environment files inside the repository.")
+    token: Optional[SecretStr] = Field(
+        default=None, description="Password or token for an HTTPS repository that is not on GitLab.")
+    username: str = Field(default="oauth2", description="User name sent with the token (a deploy token's own name).")
+    gitlab_credentials: Optional[GitLabCredentials] = Field(
+        default=None, description="prefect-gitlab credentials: the token reads the repository over HTTPS.")
+    gitlab_project: Optional[str] = Field(
+        default=None,
+        description="GitLab project (id or group/name); with gitlab_credentials.url set, each reconcile "
+                    "reports its result as a commit status on the revision.")
+
+    def to_source(self, cache_dir=None):
+        """The Git source for this block (GitLab-aware when credentials are set)."""
+        from prefect_gitops.adapters.git import GitSource
+
+        token = self.gitlab_credentials.token if self.gitlab_credentials and self.gitlab_credentials.token else self.token
+        if token is None:
+            return GitSource(self.url, cache_dir=cache_dir)
+        from prefect_gitops.adapters.gitlab import GitLabSource
+
+        return GitLabSource(self.url, token, username=self.username, cache_dir=cache_dir)
+
+
+class GitOpsRolloutDefaults(Block):
+    """Defaults for the drift and rollout sections of every environment file that leaves them out."""
+
+    _block_type_name = "GitOps Rollout Defaults"
+    _block_type_slug = "gitops-rollout-defaults"
+    _documentation_url = DOCS
+    _description = "Defaults for drift handling, locking and write parallelism; an environment file's own values win."
+    _code_example = '''```python
+from prefect_gitops.blocks import GitOpsRolloutDefaults
+
+defaults = GitOpsRolloutDefaults.load("BLOCK_NAME")
+print(defaults.as_file_defaults())
+```'''
+
+    drift_mode: Literal["correct", "warn"] = Field(
+        default="correct", description="Revert values changed outside Git, or only report them.")
+    drift_check_interval_seconds: int = Field(
+        default=300, ge=0, description="How often a reconcile looks for drift when Git has not moved.")
+    lock_timeout_seconds: int = Field(
+        default=300, ge=0, description="How long a reconcile waits for another rollout of the same environment.")
+    max_parallel: int = Field(default=4, ge=1, le=64, description="Targets written at once, per wave.")
+
+    def as_file_defaults(self) -> dict[str, Any]:
+        return {"drift": {"mode": self.drift_mode, "check_interval_seconds": self.drift_check_interval_seconds},
+                "rollout": {"lock_timeout_seconds": self.lock_timeout_seconds, "max_parallel": self.max_parallel}}
+
+
+class GitOpsSmokeTestDefaults(Block):
+    """The smoke_test section used by environment files that leave it out (fields they set win)."""
+
+    _block_type_name = "GitOps Smoke Test Defaults"
+    _block_type_slug = "gitops-smoke-test-defaults"
+    _documentation_url = DOCS
+    _description = "How new images are proven before rollout, for every environment file that does not say."
+    _code_example = '''```python
+from prefect_gitops.blocks import GitOpsSmokeTestDefaults
+
+defaults = GitOpsSmokeTestDefaults.load("BLOCK_NAME")
+print(defaults.policy.kind)
+```'''
+
+    policy: SmokeTestPolicy = Field(
+        default_factory=SmokeTestPolicy, description="The smoke_test policy, as in an environment file.")
+
+    def as_file_defaults(self) -> dict[str, Any]:
+        return {"smoke_test": self.policy.model_dump(mode="json", exclude_unset=True, by_alias=True)}
