@@ -1,0 +1,85 @@
+"""prefect-gitops deployed the way users deploy it: `prefect --no-prompt deploy --all` from prefect.yaml,
+a saved GitOps Source block, and a real process worker on the control pool.
+
+The build and push steps need a Docker engine, which these machines lack: the tests deploy from a copy
+of prefect.yaml without them (the image job variable set to a fixed tag, the pull step pointing at this
+checkout instead of the image's /opt/prefect/flows). Everything else is the real file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from helpers import GitRepo, uid
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEST_IMAGE = "registry.example.com/prefect-gitops:test"
+
+
+def deployable_prefect_file(target: Path) -> dict:
+    data = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    assert data.pop("build") and data.pop("push")  # the steps we cannot run here, and say so
+    data.pop("definitions", None)
+    data["pull"] = [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}]
+    for deployment in data["deployments"]:
+        deployment["work_pool"] = copy.deepcopy(deployment["work_pool"])  # YAML anchors share one dict
+        assert deployment["work_pool"]["job_variables"]["image"] == "{{ build_image.image }}"
+        deployment["work_pool"]["job_variables"]["image"] = TEST_IMAGE
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return data
+
+
+class ControlPlane:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.pool = f"control-{uid()}"
+        self.env = "qa"
+        self.repo = GitRepo(tmp / "gitops")
+        self.worker: subprocess.Popen | None = None
+        self.deploy_output = ""
+
+    def env_vars(self) -> dict:
+        return {**os.environ, "PREFECT_GITOPS_WORK_POOL": self.pool, "PREFECT_GITOPS_REPO_URL": self.repo.url}
+
+    def start(self) -> "ControlPlane":
+        from helpers import create_canary_deployment, create_canary_pool
+
+        create_canary_pool(self.pool)
+        # the GitOps repo: qa keeps the control queue in the control pool and one workload deployment
+        self.workload = f"canary-target/workload-{uid()}"
+        create_canary_deployment(self.workload.split("/")[1], self.pool)
+        self.sha = self.repo.commit_env(self.env, {
+            "rollout": {"control_queue": {"work_pools": [self.pool]}},
+            "deployments": {self.workload: {"job_variables": {"image": "flows:qa-1"}}}})
+        from prefect_gitops.blocks import GitOpsSource
+
+        GitOpsSource(url=self.repo.url, ref="main").save("gitops-source", overwrite=True)
+
+        prefect_file = self.tmp / "prefect.yaml"
+        deployable_prefect_file(prefect_file)
+        done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+                               "--prefect-file", str(prefect_file)], cwd=REPO_ROOT, env=self.env_vars(),
+                              capture_output=True, text=True, timeout=300)
+        self.deploy_output = done.stdout + done.stderr
+        assert done.returncode == 0, self.deploy_output[-4000:]
+        self.log = open(self.tmp / "worker.log", "w")
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool, "--type", "process"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            env={**self.env_vars(), "PREFECT_WORKER_QUERY_SECONDS": "1"})
+        return self
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.terminate()
+            try:
+                self.worker.wait(20)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+            self.log.close()
