@@ -23,5 +23,7 @@ if "PREFECT_GITOPS_TEST_PORT" not in os.environ:
         PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{_home}/prefect.db",
         PREFECT_GITOPS_CACHE_DIR=os.path.join(_home, "git-cache"),
         PREFECT_LOGGING_LEVEL="WARNING",
+        # free the slots of runs the crash tests kill soon after their 60 s lease ends
+        PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="2",
     )
     os.environ.pop("PREFECT_API_KEY", None)

@@ -285,6 +285,20 @@ def trigger(env: str = ENV,
     raise typer.Exit(asyncio.run(run()))
 
 
+@app.command("prefect-file")
+def prefect_file(image: str = typer.Option(..., "--image", help="The control image CI built and pushed."),
+                 output: str = typer.Option(..., "--output", help="Where to write the prefect file."),
+                 source: str = typer.Option("prefect.yaml", "--source", help="The project's prefect.yaml."),
+                 workdir: Optional[str] = typer.Option(None, "--workdir", help="Override the pull step's directory.")) -> None:
+    """Write prefect.yaml without its build/push steps, for `prefect deploy --prefect-file` of a prebuilt image."""
+    from pathlib import Path
+
+    from prefect_gitops.prefect_file import write_prebuilt
+
+    data = write_prebuilt(Path(source), image, Path(output), workdir)
+    sys.stdout.write(f"wrote {output}: {len(data.get('deployments', []))} deployment(s) using {image}\n")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of an environment file (for editors)."""

@@ -8,7 +8,6 @@ checkout instead of the image's /opt/prefect/flows). Everything else is the real
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -23,16 +22,12 @@ TEST_IMAGE = "registry.example.com/prefect-gitops:test"
 
 
 def deployable_prefect_file(target: Path) -> dict:
-    data = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
-    assert data.pop("build") and data.pop("push")  # the steps we cannot run here, and say so
-    data.pop("definitions", None)
-    data["pull"] = [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}]
-    for deployment in data["deployments"]:
-        deployment["work_pool"] = copy.deepcopy(deployment["work_pool"])  # YAML anchors share one dict
-        assert deployment["work_pool"]["job_variables"]["image"] == "{{ build_image.image }}"
-        deployment["work_pool"]["job_variables"]["image"] = TEST_IMAGE
-    target.write_text(yaml.safe_dump(data, sort_keys=False))
-    return data
+    from prefect_gitops.prefect_file import BUILT_IMAGE, write_prebuilt
+
+    raw = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    assert raw["build"] and raw["push"]  # the steps we cannot run here
+    assert all(d["work_pool"]["job_variables"]["image"] == BUILT_IMAGE for d in raw["deployments"])
+    return write_prebuilt(REPO_ROOT / "prefect.yaml", TEST_IMAGE, target, workdir=str(REPO_ROOT))
 
 
 class ControlPlane:

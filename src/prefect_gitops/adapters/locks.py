@@ -21,6 +21,9 @@ from prefect_gitops.errors import RolloutBusy
 SMOKE_TEST_LIMIT = "prefect-gitops-smoke-tests"
 SMOKE_TEST_LIMIT_ENV = "PREFECT_GITOPS_SMOKE_TEST_LIMIT"  # when set, the shared cap is set to it
 DEFAULT_SMOKE_TEST_SLOTS = 4
+# Prefect renews a held lease in the background; a holder that dies loses its slot once the lease
+# runs out and the server's repossessor runs (every 15 s by default). 60 s is the server's minimum.
+LEASE_SECONDS = 60
 
 
 def environment_limit(environment: str) -> str:
@@ -45,7 +48,8 @@ async def environment_lock(client, environment: str, timeout_seconds: float) -> 
     name = environment_limit(environment)
     await ensure_limit(client, name, 1, enforce=True)
     try:
-        async with concurrency(name, occupy=1, timeout_seconds=max(timeout_seconds, 0.1), strict=True):
+        async with concurrency(name, occupy=1, timeout_seconds=max(timeout_seconds, 0.1), strict=True,
+                               lease_duration=LEASE_SECONDS):
             yield
     except TimeoutError:
         raise RolloutBusy(f"another rollout of {environment} is in progress (waited {timeout_seconds:.0f}s); "
@@ -60,5 +64,5 @@ async def ensure_smoke_test_limit(client) -> None:
 
 @contextlib.asynccontextmanager
 async def smoke_test_slot() -> AsyncIterator[None]:
-    async with concurrency(SMOKE_TEST_LIMIT, occupy=1, strict=True):
+    async with concurrency(SMOKE_TEST_LIMIT, occupy=1, strict=True, lease_duration=LEASE_SECONDS):
         yield
