@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -249,3 +250,22 @@ def flow_runs_of(deployment_full_name: str) -> list:
         return await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])))
 
     return run(_with_client(go))
+
+
+@contextlib.contextmanager
+def process_worker(pool: str, log_path: Path, *args: str, cwd: Path | None = None, env: dict | None = None):
+    """A real `prefect worker` (process type) polling every second, stopped on exit."""
+    log = open(log_path, "w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process", *args],
+        stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+        env={**os.environ, **(env or {}), "PREFECT_WORKER_QUERY_SECONDS": "1"})
+    try:
+        yield worker
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()

@@ -8,6 +8,7 @@ checkout instead of the image's /opt/prefect/flows). Everything else is the real
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import GitRepo, uid
+from helpers import GitRepo, process_worker, uid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_IMAGE = "registry.example.com/prefect-gitops:test"
@@ -37,6 +38,7 @@ class ControlPlane:
         self.env = "qa"
         self.repo = GitRepo(tmp / "gitops")
         self.worker: subprocess.Popen | None = None
+        self._stack = contextlib.ExitStack()
         self.deploy_output = ""
 
     def env_vars(self) -> dict:
@@ -63,18 +65,9 @@ class ControlPlane:
                               capture_output=True, text=True, timeout=300)
         self.deploy_output = done.stdout + done.stderr
         assert done.returncode == 0, self.deploy_output[-4000:]
-        self.log = open(self.tmp / "worker.log", "w")
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool, "--type", "process"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-            env={**self.env_vars(), "PREFECT_WORKER_QUERY_SECONDS": "1"})
+        self.worker = self._stack.enter_context(
+            process_worker(self.pool, self.tmp / "worker.log", cwd=REPO_ROOT, env=self.env_vars()))
         return self
 
     def stop(self) -> None:
-        if self.worker is not None:
-            self.worker.terminate()
-            try:
-                self.worker.wait(20)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
-            self.log.close()
+        self._stack.close()

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from helpers import (
@@ -15,6 +11,7 @@ from helpers import (
     create_canary_pool,
     deployment_job_variables,
     flow_runs_of,
+    process_worker,
     read_artifacts,
     read_events,
     read_state,
@@ -26,17 +23,8 @@ from helpers import (
 def canary_pool(tmp_path_factory):
     pool = f"canary-{uid()}"
     create_canary_pool(pool)
-    log = open(tmp_path_factory.mktemp("worker") / "worker.log", "w")
-    env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
-    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
-                              stdout=log, stderr=subprocess.STDOUT, env=env)
-    yield pool
-    worker.terminate()
-    try:
-        worker.wait(20)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-    log.close()
+    with process_worker(pool, tmp_path_factory.mktemp("worker") / "worker.log"):
+        yield pool
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +11,7 @@ from helpers import (
     cli_json,
     create_canary_deployment,
     create_canary_pool,
+    process_worker,
     create_pool,
     run,
     uid,
@@ -83,11 +81,7 @@ def test_reconcile_on_the_control_queue_is_picked_before_a_backlog(tmp_path):
         return [r.id for r in backlog], control.id
 
     backlog_ids, control_id = run(_with_client(schedule))
-    log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
-                               "--limit", "1"], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1"})
-    try:
+    with process_worker(pool, tmp_path / "worker.log", "--limit", "1"):
         async def read(client):
             return await client.read_flow_run(control_id), [await client.read_flow_run(i) for i in backlog_ids]
 
@@ -104,10 +98,3 @@ def test_reconcile_on_the_control_queue_is_picked_before_a_backlog(tmp_path):
         started = [r.start_time for r in backlog if r.start_time is not None]
         assert started, "the worker never started the backlog"
         assert all(control.start_time < s for s in started), (control.start_time, started)
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()

@@ -52,6 +52,20 @@ def display_url(url: str) -> str:
     return url
 
 
+def scrub_credentials(text: str, url: str) -> str:
+    """Remove the credentials of `url` (and any user:password@ in URLs) from a message."""
+    display = display_url(url)
+    if url != display:
+        text = text.replace(url, display)
+    text = re.sub(r"(://)[^/@\s]+@", r"\1", text)
+    parts = urlsplit(url)
+    if parts.password and len(parts.password) >= 4:
+        text = text.replace(parts.password, "***")
+    elif parts.username and not parts.password and len(parts.username) >= 8:  # a token as the user name
+        text = text.replace(parts.username, "***")
+    return text
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("PREFECT_GITOPS_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "prefect-gitops"
@@ -153,6 +167,4 @@ class GitSource:
         return done.stdout
 
     def _scrub(self, text: str) -> str:
-        if self.url != self.display:
-            text = text.replace(self.url, self.display)
-        return re.sub(r"(://)[^/@\s]+@", r"\1", text)
+        return scrub_credentials(text, self.url)

@@ -33,7 +33,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from prefect_gitops.adapters.git import display_url
+from prefect_gitops.adapters.git import display_url, scrub_credentials
 from prefect_gitops.errors import PermanentError, TransientError
 
 SECTIONS = ("work_pools", "deployments")
@@ -507,12 +507,4 @@ class GitWriter:
         return done.stdout
 
     def _scrub(self, text: str) -> str:
-        if self.url != self.display:
-            text = text.replace(self.url, self.display)
-        text = re.sub(r"(://)[^/@\s]+@", r"\1", text)
-        parts = urlsplit(self.url)
-        if parts.password and len(parts.password) >= 4:
-            text = text.replace(parts.password, "***")
-        elif parts.username and not parts.password and len(parts.username) >= 8:  # a token as the user name
-            text = text.replace(parts.username, "***")
-        return text
+        return scrub_credentials(text, self.url)
