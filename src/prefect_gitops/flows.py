@@ -33,7 +33,7 @@ def param(default: Any, title: str, description: str) -> Any:
 
 @flow(name="gitops-reconcile", description="Plan and apply a GitOps environment's job variables to Prefect.")
 async def reconcile(
-    environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "Environment", description="Which environment file to reconcile: <path>/<environment>.yaml in the GitOps repo."),
+    environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "Environment", description="Which environment file to reconcile: ENVIRONMENT.yaml in the environments folder of the GitOps repo."),
     source_block: str | None = param(None, "GitOps Source block", description="Name of a saved GitOps Source block (URL, ref, folder, credentials). " "The fields below override it when set."),
     source_url: str | None = param(None, "GitOps repository URL", description="Any URL git can fetch: https://, ssh://, git@host:path, file:// or a local path."),
     ref: str | None = param(None, "Git ref", description="Branch, tag or full commit SHA to follow (default: the block's, else main)."),
