@@ -6,14 +6,19 @@ gives one) and the key, so users can fix it without guessing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
+import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+import ruamel.yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
@@ -51,8 +56,14 @@ def environment_file_path(folder: str, environment: str) -> str:
     return f"{folder.strip('/') or '.'}/{environment}.yaml".removeprefix("./")
 
 
-def load_environment(repo_root: Path, folder: str, environment: str, defaults: dict | None = None) -> LoadedEnvironment:
-    """Load environments/<environment>.yaml from a checked-out repo."""
+def load_environment(repo_root: Path, folder: str, environment: str, defaults: dict | None = None,
+                     cache_dir: Path | None = None) -> LoadedEnvironment:
+    """Load environments/<environment>.yaml from a checked-out repo.
+
+    With `cache_dir`, the parse of a file's exact text (with the same defaults) is reused across
+    processes: parsing YAML with line numbers is the slow part (about 0.5 s for 1,000 deployments),
+    and a reconcile of an unchanged revision reads the same text again.
+    """
     if not re.match(ENVIRONMENT_NAME_PATTERN, environment):
         raise ConfigError(
             [ConfigProblem(f"environment name {environment!r} must be lowercase letters, digits and dashes")]
@@ -74,6 +85,8 @@ def load_environment(repo_root: Path, folder: str, environment: str, defaults: d
         text = resolved.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem(f"not valid UTF-8: {exc}", file=relative)]) from None
+    if cache_dir is not None:
+        return _parse_cached(text, relative, environment, defaults, Path(cache_dir))
     return parse_environment(text, file=relative, name=environment, defaults=defaults)
 
 
@@ -82,6 +95,21 @@ def parse_environment(text: str, file: str, name: str, defaults: dict | None = N
 
     `defaults` (from the policy default blocks) fill the sections the file leaves out; the file wins.
     """
+    plain, lines = _parse_plain(text, file, name, defaults)
+    return _validated(plain, lines, file, name)
+
+
+def _validated(plain: dict, lines: dict[tuple[str, ...], int], file: str, name: str) -> LoadedEnvironment:
+    loaded = LoadedEnvironment(name=name, file=file, spec=EnvironmentFile(), lines=lines)
+    try:
+        spec = EnvironmentFile.model_validate(plain)
+    except ValidationError as exc:
+        raise ConfigError([_validation_problem(loaded, err) for err in exc.errors()]) from None
+    return LoadedEnvironment(name=name, file=file, spec=spec, lines=lines)
+
+
+def _parse_plain(text: str, file: str, name: str, defaults: dict | None) -> tuple[dict, dict[tuple[str, ...], int]]:
+    """The file as plain JSON values (defaults merged in) and the line of every key path."""
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
@@ -107,11 +135,50 @@ def parse_environment(text: str, file: str, name: str, defaults: dict | None = N
         raise ConfigError([loaded.problem(exc.path, exc.message)]) from None
     if defaults:
         plain = deep_merge(defaults, plain)
+    return plain, lines
+
+
+# Bump when _parse_plain's output for the same text and defaults changes.
+_PARSE_CACHE_VERSION = 1
+_PARSE_CACHE_KEEP = 16  # parsed files kept per cache directory (least recently used go first)
+
+
+def _parse_cached(text: str, file: str, name: str, defaults: dict | None, cache_dir: Path) -> LoadedEnvironment:
+    """parse_environment(), reusing the YAML parse of the same text and defaults from `cache_dir`.
+
+    Only successful parses are stored (plain values and lines, before validation), so every error
+    is produced exactly as without the cache; an unreadable entry is parsed again.
+    """
+    key = hashlib.sha256(json.dumps([_PARSE_CACHE_VERSION, ruamel.yaml.__version__, defaults, text],
+                                    sort_keys=True, default=str).encode()).hexdigest()
+    entry = cache_dir / f"{key}.json"
     try:
-        spec = EnvironmentFile.model_validate(plain)
-    except ValidationError as exc:
-        raise ConfigError([_validation_problem(loaded, err) for err in exc.errors()]) from None
-    return LoadedEnvironment(name=name, file=file, spec=spec, lines=lines)
+        cached = json.loads(entry.read_text(encoding="utf-8"))
+        plain, lines = cached["plain"], {tuple(path): line for path, line in cached["lines"]}
+        os.utime(entry)
+    except (OSError, ValueError, KeyError, TypeError):
+        plain, lines = _parse_plain(text, file, name, defaults)
+        _store(cache_dir, entry, {"plain": plain, "lines": [[list(p), n] for p, n in lines.items()]})
+    return _validated(plain, lines, file, name)
+
+
+def _store(cache_dir: Path, entry: Path, value: dict) -> None:
+    """Best effort: a cache that cannot be written only costs the next run a parse."""
+    tmp = None
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(value, out)
+        os.replace(tmp, entry)
+        tmp = None
+        entries = sorted(cache_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[_PARSE_CACHE_KEEP:]:
+            old.unlink(missing_ok=True)
+    except (OSError, TypeError, ValueError):
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def _yaml_problem(exc: MarkedYAMLError, file: str, prefix: str) -> ConfigProblem:

@@ -211,6 +211,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _validate(desired: EnvironmentFile, actual: ActualState, result: Plan) -> None:
+    validators: dict[tuple[str, str], Any] = {}  # one JSON Schema validator per (pool, key), not per target
     control = desired.rollout.control_queue
     for pool in (control.work_pools or []) if control else []:
         if pool not in actual.work_pools:
@@ -222,7 +223,8 @@ def _validate(desired: EnvironmentFile, actual: ActualState, result: Plan) -> No
             result.problems.append(PlanProblem(("work_pools", name), f"work pool {name!r} does not exist on the Prefect server"))
             continue
         for key, value in spec.job_variables.items():
-            _check_key(result, ("work_pools", name, "job_variables", key), pool, key, value, f"work pool {name!r}")
+            _check_key(result, ("work_pools", name, "job_variables", key), pool, key, value, f"work pool {name!r}",
+                       validators)
     for name, spec in desired.deployments.items():
         deployment = actual.deployments.get(name)
         if deployment is None:
@@ -238,32 +240,39 @@ def _validate(desired: EnvironmentFile, actual: ActualState, result: Plan) -> No
             continue
         for key, value in spec.job_variables.items():
             _check_key(result, ("deployments", name, "job_variables", key), pool, key, value,
-                       f"deployment {name!r} (work pool {pool.name!r})")
+                       f"deployment {name!r} (work pool {pool.name!r})", validators)
 
 
-def _check_key(result: Plan, path: tuple[str, ...], pool: PoolActual, key: str, value: Any, owner: str) -> None:
+def _check_key(result: Plan, path: tuple[str, ...], pool: PoolActual, key: str, value: Any, owner: str,
+               validators: dict[tuple[str, str], Any] | None = None) -> None:
     if key not in pool.properties:
         declared = ", ".join(sorted(pool.properties)) or "none"
         result.problems.append(PlanProblem(
             path, f"job variable {key!r} of {owner} is not declared by work pool {pool.name!r}'s "
                   f"base job template (declared: {declared})"))
         return
-    message = _schema_violation(pool, key, value)
+    message = _schema_violation(pool, key, value, validators)
     if message:
         result.problems.append(PlanProblem(path, f"job variable {key!r} of {owner}: {message}"))
 
 
-def _schema_violation(pool: PoolActual, key: str, value: Any) -> str | None:
+def _schema_violation(pool: PoolActual, key: str, value: Any,
+                      validators: dict[tuple[str, str], Any] | None = None) -> str | None:
     import jsonschema  # imported lazily: only planning with values needs it
 
-    schema = dict(pool.properties[key])
-    for defs in ("definitions", "$defs"):
-        if defs in pool.variables:
-            schema[defs] = pool.variables[defs]
-    schema.pop("default", None)
+    validator = validators.get((pool.name, key)) if validators is not None else None
     try:
-        validator_cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
-        error = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(value))
+        if validator is None:
+            schema = dict(pool.properties[key])
+            for defs in ("definitions", "$defs"):
+                if defs in pool.variables:
+                    schema[defs] = pool.variables[defs]
+            schema.pop("default", None)
+            validator_cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+            validator = validator_cls(schema)
+            if validators is not None:
+                validators[(pool.name, key)] = validator
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     except jsonschema.exceptions.SchemaError:
         return None  # a broken template is the pool's problem, not this value's
     return None if error is None else error.message

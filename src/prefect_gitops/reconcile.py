@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol
 
-from prefect_gitops.adapters.git import Source
+from prefect_gitops.adapters.git import Source, default_cache_dir
 from prefect_gitops.adapters.prefect_api import PrefectAPI, bounded_gather
 from prefect_gitops.errors import ConfigError, ConfigProblem, GitOpsError, PermanentError, RolloutBusy, TransientError
 from prefect_gitops.loader import load_environment
@@ -180,7 +180,8 @@ async def _reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRu
     loaded, build_error = None, None
     try:
         with request.source.checkout(revision) as tree:
-            loaded = load_environment(tree, request.path, request.environment, defaults=request.defaults)
+            loaded = load_environment(tree, request.path, request.environment, defaults=request.defaults,
+                                      cache_dir=default_cache_dir() / "parsed")
         result.file = loaded.file
     except ConfigError as exc:
         build_error = exc
