@@ -18,9 +18,11 @@ proxy, so requests are counted at the HTTP layer without touching the product):
   apply      a new image for all N: the image default of pools k8s-00..04 (the deployments there
              inherit it) and job_variables.image of every deployment of pools k8s-05..09
   history    the recorded state with the history at its cap (50 entries of the apply above):
-             full-check no-op and apply again (the state block's size and cost)
+             full-check no-op and apply again (the state block's size and cost, read and write
+             timed through the product's adapter, and the same state written as one JSON string)
   floor      bench/floor.py: the apply's PATCH requests in a bare bounded loop (same client, same
-             concurrency), and one paginated read of all deployments (200 per page)
+             concurrency), run right before each apply so both see the same server; and one
+             paginated read of all deployments (200 per page), run right before each full-check no-op
   trigger    `prefect-gitops trigger --env bench --wait` against a deployment of the reconcile flow
              run by a real `prefect worker start --type process`: latency from the CLI's start to the
              change being visible in the API, default polling and PREFECT_WORKER_QUERY_SECONDS=1
@@ -93,36 +95,34 @@ def pool_of(i: int) -> str:
 # -- processes -----------------------------------------------------------------------------------
 
 class Measured:
-    """Run a command, wait for it with os.wait4 to get its peak RSS; wall time from spawn to exit."""
+    """Run a command through bench/measure.py: wall time from spawn to exit and the command's own peak RSS."""
 
     def __init__(self, argv: list[str], env: dict, cwd: Path, log_path: Path, timeout: float):
         self.argv, self.env, self.cwd, self.log_path, self.timeout = argv, env, cwd, log_path, timeout
 
     def run(self) -> dict:
+        figures = self.log_path.with_suffix(".measure.json")
         out = open(self.log_path, "wb")
         err = open(self.log_path.with_suffix(".stderr"), "wb")
         start = time.perf_counter()
-        proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=out, stderr=err,
-                                start_new_session=True)
-        done: list = []
-
-        def wait():
-            _, status, usage = os.wait4(proc.pid, 0)
-            done.append((time.perf_counter(), status, usage))
-
-        waiter = threading.Thread(target=wait, daemon=True)
-        waiter.start()
-        waiter.join(self.timeout)
-        timed_out = waiter.is_alive()
-        if timed_out:
+        proc = subprocess.Popen([PY, "-S", str(BENCH / "measure.py"), str(figures), *self.argv], env=self.env,
+                                cwd=self.cwd, stdout=out, stderr=err, start_new_session=True)
+        timed_out = False
+        try:
+            proc.wait(self.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
             os.killpg(proc.pid, signal.SIGKILL)
-            waiter.join(30)
-        proc.returncode = 0  # reaped by wait4; keep Popen from trying again
+            proc.wait()
+        outer = time.perf_counter() - start
         out.close()
         err.close()
-        end, status, usage = done[0]
-        return {"wall": end - start, "exit": os.waitstatus_to_exitcode(status), "timed_out": timed_out,
-                "rss_mb": usage.ru_maxrss / 1024, "output": self.log_path.read_text(errors="replace"),
+        try:
+            measured = json.loads(figures.read_text())
+        except (OSError, ValueError):
+            measured = {"wall": outer, "rss_mb": None, "exit": proc.returncode}
+        return {"wall": measured["wall"], "exit": measured["exit"], "timed_out": timed_out,
+                "rss_mb": measured["rss_mb"], "output": self.log_path.read_text(errors="replace"),
                 "stderr": self.log_path.with_suffix(".stderr").read_text(errors="replace")[-3000:]}
 
 
@@ -252,12 +252,20 @@ async def create_objects(server: Server, n: int, peer_dir: Path) -> None:
         schema = {"type": "object", "title": "Parameters", "properties": {}, "required": [], "definitions": {}}
 
         def create(i: int):
-            return lambda: client.create_deployment(
-                flow_id=flow_ids[(i // 10) % 10], name=f"dep-{i:04d}", work_pool_name=pool_of(i),
-                entrypoint=f"flows.py:f{(i // 10) % 10:02d}", path=str(peer_dir),
-                parameter_openapi_schema=schema, job_variables={})
+            async def go():
+                for attempt in range(10):  # the client retries 503s 5 times; SQLite can stay locked longer
+                    try:
+                        return await client.create_deployment(
+                            flow_id=flow_ids[(i // 10) % 10], name=f"dep-{i:04d}", work_pool_name=pool_of(i),
+                            entrypoint=f"flows.py:f{(i // 10) % 10:02d}", path=str(peer_dir),
+                            parameter_openapi_schema=schema, job_variables={})
+                    except Exception:
+                        if attempt == 9:
+                            raise
+                        await asyncio.sleep(2)
+            return go
 
-        outcomes = await bounded_gather(8, [create(i) for i in range(n)])
+        outcomes = await bounded_gather(4, [create(i) for i in range(n)])
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
             raise errors[0]
@@ -291,23 +299,35 @@ async def state_size(server: Server) -> dict:
             "history_changes": sum(len(h.changes) for h in state.history)}
 
 
+_SCRATCH: list = []
+
+
+def _scratch_block_type():
+    if not _SCRATCH:
+        from typing import Any
+
+        from prefect.blocks.core import Block
+
+        class BenchStateAsString(Block):
+            _block_type_slug = "bench-state-as-string"
+            value: Any = None
+
+        _SCRATCH.append(BenchStateAsString)
+    return _SCRATCH[0]
+
+
 async def state_cost(server: Server, reps: int) -> dict:
     """What reading and writing the recorded state costs at its current size, through the product's
     adapter (PrefectAPI.read_state / write_state, writing the same state back), and what the same
     write costs when the state travels as one JSON string (a bench-only block type): the server's
     block document update walks every nested dict leaf, so the cost follows the managed keys."""
-    from typing import Any
-
-    from prefect.blocks.core import Block
     from prefect.client.schemas.actions import BlockDocumentUpdate
 
     from prefect_gitops.adapters.prefect_api import PrefectAPI
+    from prefect_gitops.state import EnvironmentState
 
-    class BenchStateAsString(Block):
-        _block_type_slug = "bench-state-as-string"
-        value: Any = None
-
-    reads, writes, strings = [], [], []
+    BenchStateAsString = _scratch_block_type()
+    reads, writes, strings, string_reads = [], [], [], []
     async with api(server) as client:
         gitops = PrefectAPI(client)
         for _ in range(reps):
@@ -326,7 +346,13 @@ async def state_cost(server: Server, reps: int) -> dict:
             await client.update_block_document(doc.id, BlockDocumentUpdate(
                 block_schema_id=doc.block_schema_id, data={"value": text}, merge_existing_data=False))
             strings.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            doc = await client.read_block_document_by_name(name="bench-state-as-string",
+                                                           block_type_slug="bench-state-as-string")
+            EnvironmentState.model_validate_json(doc.data["value"])
+            string_reads.append(time.perf_counter() - t)
     return {"read_s": median(reads), "write_s": median(writes), "write_as_string_s": median(strings),
+            "read_as_string_s": median(string_reads),
             "bytes": len(text), "managed_keys": state.inventory.count(), "history": len(state.history)}
 
 
@@ -423,7 +449,7 @@ class Bench:
                 log(out[-2000:] + stderr[-2000:])
         log(f"  {kind}: {result['wall']:.2f} s whole, flow {_fmt(result['flow_s'])} s, reconcile() "
             f"{_fmt(result['reconcile_s'])} s, {result['requests']} requests ({result['n503']} x 503), "
-            f"{result['git_ops']} git ({result['git_remote']} remote), {result['rss_mb']:.0f} MB, "
+            f"{result['git_ops']} git ({result['git_remote']} remote), {_fmt(result['rss_mb'], 0)} MB, "
             f"{result['status']} {result['applied']}")
         self.results["runs"].setdefault(kind, []).append(result)
         return result
@@ -616,7 +642,7 @@ class Bench:
             if r["exit"] != 0 and not r["timed_out"]:
                 self.results["notes"].append(f"N={n} {kind}: exit {r['exit']}: {out[-800:]}")
             log(f"  {kind} ({count}): {r['wall']:.1f} s{' (timed out)' if r['timed_out'] else ''}, "
-                f"{r['requests']} requests, exit {r['exit']}, 503s: {r['statuses'].get(503, 0)}, {r['rss_mb']:.0f} MB")
+                f"{r['requests']} requests, exit {r['exit']}, 503s: {r['statuses'].get(503, 0)}, {_fmt(r['rss_mb'], 0)} MB")
             self.results["runs"].setdefault(kind, []).append(r)
             return r
 
@@ -825,10 +851,9 @@ def endpoint_table(results: dict, kind: str) -> str:
 
 
 def write_results(path: Path, info: dict, all_results: list[dict], table: str, targets: str, args,
-                  started: float) -> None:
+                  run: dict) -> None:
     lines = ["# prefect-gitops benchmark results", "",
-             f"Produced by `{' '.join(['.venv/bin/python', 'bench/run.py'] + sys.argv[1:])}` on "
-             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, total {(time.perf_counter() - started) / 60:.1f} min.",
+             f"Produced by `{run['command']}` on {run['finished']} UTC, total {run['minutes']:.1f} min.",
              "", "## Machine", "",
              f"- {info['cores']} cores ({info['cpu']}), {info['memory_gib']} GiB memory, {info['os']}",
              f"- Python {info['python']}, Prefect {info['prefect']}, {info['git']}",
@@ -859,8 +884,9 @@ def write_results(path: Path, info: dict, all_results: list[dict], table: str, t
                 c = results[key]
                 lines.append(f"- N={n}, cost of the recorded state {label} ({c['bytes'] / 1024:.0f} KiB, "
                              f"{c['managed_keys']} managed keys, {c['history']} history entries): read_state "
-                             f"{c['read_s']:.3f} s, write_state {c['write_s']:.3f} s; the same write as one JSON "
-                             f"string: {c['write_as_string_s']:.3f} s")
+                             f"{c['read_s']:.3f} s, write_state {c['write_s']:.3f} s; the same state as one JSON "
+                             f"string in a block field (bench-only block type): read {c['read_as_string_s']:.3f} s, "
+                             f"write {c['write_as_string_s']:.3f} s")
     lines.append("")
     for results in all_results:
         for kind, label in (("noop_full", "full-check no-op"), ("noop_shortcut", "shortcut no-op"), ("apply", "apply")):
@@ -876,8 +902,14 @@ def write_results(path: Path, info: dict, all_results: list[dict], table: str, t
     notes = [note for results in all_results for note in results["notes"]]
     if notes:
         lines += ["## Notes from the run", ""] + [f"- {textwrap.shorten(n_, 600)}" for n_ in notes] + [""]
-    lines += ["## Raw data", "", "`bench/results.json` holds every run.", ""]
+    lines += ["## Raw data", "", f"`{path.with_suffix('.json').name}` next to this file holds every run's figures.", ""]
     path.write_text("\n".join(lines))
+
+
+def _raw(all_results: list[dict]) -> list[dict]:
+    """The results without the processes' console output (kept in the run's logs with --keep)."""
+    return [{**r, "runs": {kind: [{k: v for k, v in run.items() if k not in ("output", "stderr")} for run in runs]
+                          for kind, runs in r["runs"].items()}} for r in all_results]
 
 
 def main() -> None:
@@ -891,8 +923,18 @@ def main() -> None:
     parser.add_argument("--no-history", action="store_true", help="skip the history-at-cap runs")
     parser.add_argument("--output", default=str(BENCH / "results.md"))
     parser.add_argument("--keep", action="store_true", help="keep the temp directories (logs, server DB)")
+    parser.add_argument("--report", action="store_true",
+                        help="only render the report again from the .json next to --output (and bench/findings.md)")
     args = parser.parse_args()
     args.peer_projection = None
+    if args.report:
+        data = json.loads(Path(args.output).with_suffix(".json").read_text())
+        for key, value in data["args"].items():
+            setattr(args, key, value)
+        table, targets = summarize(data["results"])
+        write_results(Path(args.output), data["machine"], data["results"], table, targets, args, data["run"])
+        log(f"wrote {args.output} from {Path(args.output).with_suffix('.json')}")
+        return
 
     started = time.perf_counter()
     base = Path(tempfile.mkdtemp(prefix="prefect-gitops-bench-"))
@@ -910,8 +952,12 @@ def main() -> None:
             per = med(results, "peer_change", "wall")
             if per and n >= 100:
                 args.peer_projection = per / n
-            (BENCH / "results.json").write_text(json.dumps({"machine": info, "results": all_results}, indent=1,
-                                                           default=str))
+            run = {"command": " ".join([".venv/bin/python", "bench/run.py"] + sys.argv[1:]),
+                   "finished": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}",
+                   "minutes": (time.perf_counter() - started) / 60}
+            Path(args.output).with_suffix(".json").write_text(json.dumps(
+                {"machine": info, "run": run, "args": {"reps": args.reps, "peer_reps_large": args.peer_reps_large},
+                 "results": _raw(all_results)}, indent=1, default=str))
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
@@ -919,7 +965,7 @@ def main() -> None:
             log(f"kept {base}")
     table, targets = summarize(all_results)
     print("\n" + table + "\n\n" + targets + "\n")
-    write_results(Path(args.output), info, all_results, table, targets, args, started)
+    write_results(Path(args.output), info, all_results, table, targets, args, run)
     log(f"wrote {args.output} in {(time.perf_counter() - started) / 60:.1f} min")
 
 
