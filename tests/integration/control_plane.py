@@ -42,7 +42,10 @@ class ControlPlane:
         self.deploy_output = ""
 
     def env_vars(self) -> dict:
-        return {**os.environ, "PREFECT_GITOPS_WORK_POOL": self.pool, "PREFECT_GITOPS_REPO_URL": self.repo.url}
+        # CI runs the CLI's console script by name, as the image does; the venv need not be activated
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        return {**os.environ, "PATH": path,
+                "PREFECT_GITOPS_WORK_POOL": self.pool, "PREFECT_GITOPS_REPO_URL": self.repo.url}
 
     def start(self) -> "ControlPlane":
         from helpers import create_canary_deployment, create_canary_pool
