@@ -124,7 +124,7 @@ async def promote(
 
     logger = get_run_logger()
     async with get_client() as client:
-        state, handle = await PrefectAPI(client).read_state(from_environment)
+        state, handle = await PrefectAPI(client).read_state(from_environment, history=False)
     if handle is None:
         message = f"environment {from_environment!r} has never been reconciled: nothing to promote"
         return Failed(message=message, data={"status": "failed", "message": message, "environment": to_environment,

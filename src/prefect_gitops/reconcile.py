@@ -167,7 +167,7 @@ async def _reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRu
     # fetch: one remote lookup, then the recorded state
     revision = request.revision or request.source.resolve(request.ref)
     result.revision = revision
-    state, handle = await api.read_state(request.environment)
+    state, handle = await api.read_state(request.environment, history=False)  # history: only appended to
     if _holds_after_rollback(state, revision, request, result):
         return result
     if (not request.dry_run and not request.full_check and revision == state.last_applied_revision
@@ -192,7 +192,8 @@ async def _reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRu
 
     timeout = loaded.spec.rollout.lock_timeout_seconds if loaded else 300
     async with lock(request.environment, timeout):
-        state, handle = await api.read_state(request.environment)  # fresh: another rollout may just have ended
+        # fresh: another rollout may just have ended
+        state, handle = await api.read_state(request.environment, history=False)
         if _holds_after_rollback(state, revision, request, result):
             return result
         if build_error:
@@ -285,7 +286,7 @@ async def _gates(request: ReconcileRequest, api: PrefectAPI, spec: EnvironmentFi
                     "planned, nothing applied (run with the window override to apply anyway)")
     gate = spec.rollout.promotion
     if gate is not None and the_plan.to_apply:
-        previous, handle = await api.read_state(gate.from_)
+        previous, handle = await api.read_state(gate.from_, history=False)
         refused = unsoaked_images(the_plan.to_apply, gate, previous if handle is not None else None, now)
         if refused:
             return ("waiting", "PromotionPending", "promotion gate: " + "; ".join(
@@ -510,7 +511,7 @@ async def _record_failure(api: PrefectAPI, state: EnvironmentState, handle, revi
 async def _record_source_failure(api: PrefectAPI, request: ReconcileRequest, message: str) -> None:
     """Best effort: let `status` show that the source could not be read."""
     try:
-        state, handle = await api.read_state(request.environment)
+        state, handle = await api.read_state(request.environment, history=False)
         state.condition = Condition(ready=False, reason="SourceFailed", message=message[:2000])
         await api.write_state(state, handle)
     except GitOpsError:
@@ -593,7 +594,7 @@ async def set_suspended(api: PrefectAPI, environment: str, suspend: bool, reason
                         lock=None, lock_timeout_seconds: float = 300) -> EnvironmentState:
     """Suspend or resume reconciliation (and drift correction) of an environment."""
     async def change() -> EnvironmentState:
-        state, handle = await api.read_state(environment)
+        state, handle = await api.read_state(environment, history=False)
         if suspend:
             state.suspended = Suspension(reason=reason)
             state.condition = Condition(ready=False, reason="Suspended", message=reason or "suspended")

@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import BlockDocumentUpdate, DeploymentUpdate, WorkPoolUpdate
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolUpdate
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
@@ -25,34 +25,16 @@ from prefect.client.schemas.filters import (
     WorkPoolFilterName,
 )
 from prefect.client.schemas.sorting import DeploymentSort, FlowSort
-from prefect.blocks.core import Block
 from prefect.exceptions import ObjectNotFound
-from pydantic import Field
 
+from prefect_gitops.adapters import state_store
 from prefect_gitops.errors import PermanentError, TransientError
 from prefect_gitops.plan import ActualState, Change, DeploymentActual, PoolActual, QueueActual
 from prefect_gitops.plan import deployment_job_variables_after, pool_template_after
 from prefect_gitops.state import EnvironmentState
 
 PAGE = 200  # the server's cap on one read
-STATE_BLOCK_TYPE = "gitops-environment-state"
 T = TypeVar("T")
-
-
-def state_block_name(environment: str) -> str:
-    return f"gitops-{environment}"
-
-
-class GitOpsEnvironmentState(Block):
-    """The recorded state of one environment; written by prefect-gitops, read by `prefect-gitops status`."""
-
-    _block_type_name = "GitOps Environment State"
-    _block_type_slug = STATE_BLOCK_TYPE
-    _description = ("What prefect-gitops last attempted and applied for one environment: revisions, "
-                    "the inventory of managed keys with their previous values, and the apply history. "
-                    "Written by prefect-gitops; do not edit by hand.")
-
-    state: dict[str, Any] = Field(default_factory=dict, description="EnvironmentState as JSON.")
 
 
 @contextlib.asynccontextmanager
@@ -163,30 +145,17 @@ class PrefectAPI:
             elif fields:
                 await self.client.update_work_queue(queue.id, **fields)
 
-    # -- the environment's recorded state (a JSON block named gitops-<env>) ---------------------
+    # -- the environment's recorded state (blocks named gitops-<env>, see state_store.py) -----------
 
-    async def read_state(self, environment: str) -> tuple[EnvironmentState, Any]:
-        """The recorded state and an opaque handle for writing it back (None if never written)."""
+    async def read_state(self, environment: str, history: bool = True) -> tuple[EnvironmentState, Any]:
+        """The recorded state (with its history unless history=False) and an opaque handle for
+        writing it back (None if never written)."""
         async with api_errors(f"reading the recorded state of {environment!r}"):
-            try:
-                document = await self.client.read_block_document_by_name(
-                    name=state_block_name(environment), block_type_slug=STATE_BLOCK_TYPE)
-            except ObjectNotFound:
-                return EnvironmentState(environment=environment), None
-        value = (document.data or {}).get("state") or {}
-        return EnvironmentState.model_validate({**value, "environment": environment}), document
+            return await state_store.read_state(self.client, environment, history)
 
     async def write_state(self, state: EnvironmentState, handle: Any) -> Any:
-        data = {"state": state.model_dump(mode="json")}
-        name = state_block_name(state.environment)
         async with api_errors(f"recording the state of {state.environment!r}"):
-            if handle is None:
-                await GitOpsEnvironmentState(state=data["state"]).asave(name, overwrite=True, client=self.client)
-                return await self.client.read_block_document_by_name(name=name, block_type_slug=STATE_BLOCK_TYPE)
-            await self.client.update_block_document(
-                handle.id, BlockDocumentUpdate(block_schema_id=handle.block_schema_id, data=data,
-                                               merge_existing_data=False))
-            return handle
+            return await state_store.write_state(self.client, state, handle)
 
 
 async def bounded_gather(limit: int, jobs: list[Callable[[], Awaitable[T]]]) -> list[T | BaseException]:
