@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol
 
 from prefect_gitops.adapters.git import Source, default_cache_dir
-from prefect_gitops.adapters.prefect_api import PrefectAPI, bounded_gather
+from prefect_gitops.adapters.prefect_api import PrefectAPI, bounded_gather, read_together
 from prefect_gitops.errors import ConfigError, ConfigProblem, GitOpsError, PermanentError, RolloutBusy, TransientError
 from prefect_gitops.loader import load_environment
 from prefect_gitops.model import EnvironmentFile
@@ -192,28 +192,33 @@ async def _reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRu
 
     timeout = loaded.spec.rollout.lock_timeout_seconds if loaded else 300
     async with lock(request.environment, timeout):
-        # fresh: another rollout may just have ended
-        state, handle = await api.read_state(request.environment, history=False)
+        # fresh: another rollout may just have ended. The server's side is read at the same time, for
+        # the targets known before the lock; read again only if the fresh inventory names others.
+        if loaded is None:
+            (state, handle), actual = await api.read_state(request.environment, history=False), None
+        else:
+            names = _actual_names(loaded.spec, state)
+            (state, handle), actual = await read_together(api.read_state(request.environment, history=False),
+                                                          api.read_actual(**names))
+            if _actual_names(loaded.spec, state) != names:
+                actual = None
         if _holds_after_rollback(state, revision, request, result):
             return result
         if build_error:
             await _record_failure(api, state, handle, revision, request, build_error.problems, now)
             raise build_error
-        return await _converge(request, api, runner, result, loaded, state, handle, revision, now)
+        return await _converge(request, api, runner, result, loaded, state, handle, revision, now, actual)
 
 
 async def _converge(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None,
                     result: ReconcileResult, loaded, state: EnvironmentState, handle, revision: str,
-                    now: dt.datetime) -> ReconcileResult:
+                    now: dt.datetime, actual: ActualState | None = None) -> ReconcileResult:
     spec = loaded.spec
     drift_mode = request.drift_mode or spec.drift.mode
 
     # diff
-    actual = await api.read_actual(
-        pool_names=set(spec.work_pools) | set(state.inventory.work_pools),
-        deployment_names=set(spec.deployments) | set(state.inventory.deployments) | _canary_deployments(spec),
-        queue_pools=_queue_pools(spec, state),
-    )
+    if actual is None:
+        actual = await api.read_actual(**_actual_names(spec, state))
     the_plan = plan(spec, actual, state.inventory, drift_mode)
     result.plan = the_plan
     _remember_targets(result, actual)
@@ -255,6 +260,13 @@ async def _converge(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRun
             break
     return await _record(api, state, handle, the_plan, spec.drift.check_interval_seconds, revision,
                          request.flow_run_id, result, now)
+
+
+def _actual_names(spec: EnvironmentFile, state: EnvironmentState) -> dict[str, set[str]]:
+    """What to read from the server: everything the file names and everything the inventory holds."""
+    return {"pool_names": set(spec.work_pools) | set(state.inventory.work_pools),
+            "deployment_names": set(spec.deployments) | set(state.inventory.deployments) | _canary_deployments(spec),
+            "queue_pools": _queue_pools(spec, state)}
 
 
 def _queue_pools(spec: EnvironmentFile, state: EnvironmentState) -> set[str]:

@@ -73,10 +73,14 @@ class PrefectAPI:
 
     async def read_actual(self, pool_names: Iterable[str], deployment_names: Iterable[str],
                           queue_pools: Iterable[str] = ()) -> ActualState:
-        deployments = await self.read_deployments(sorted(set(deployment_names)))
         queue_pools = set(queue_pools)
-        wanted_pools = set(pool_names) | queue_pools | {d.work_pool_name for d in deployments.values() if d.work_pool_name}
-        pools = await self.read_work_pools(sorted(wanted_pools))
+        named_pools = set(pool_names) | queue_pools
+        deployments, pools = await read_together(self.read_deployments(sorted(set(deployment_names))),
+                                                 self.read_work_pools(sorted(named_pools)))
+        # the pools of deployments whose pool the file does not name (their templates validate keys)
+        more = {d.work_pool_name for d in deployments.values() if d.work_pool_name} - named_pools
+        if more:
+            pools.update(await self.read_work_pools(sorted(more)))
         queues = await self.read_work_queues(sorted(queue_pools & set(pools)))
         return ActualState(work_pools=pools, deployments=deployments, work_queues=queues)
 
@@ -109,12 +113,13 @@ class PrefectAPI:
         flow_filter = FlowFilter(name=FlowFilterName(any_=flow_names))
         deployment_filter = DeploymentFilter(name=DeploymentFilterName(any_=deployment_names))
         async with api_errors("reading deployments"):
-            flows = await _paged(lambda off: self.client.read_flows(
-                flow_filter=flow_filter, sort=FlowSort.NAME_ASC, limit=PAGE, offset=off))
+            flows, found = await read_together(
+                _paged(lambda off: self.client.read_flows(
+                    flow_filter=flow_filter, sort=FlowSort.NAME_ASC, limit=PAGE, offset=off)),
+                _paged(lambda off: self.client.read_deployments(
+                    flow_filter=flow_filter, deployment_filter=deployment_filter,
+                    sort=DeploymentSort.NAME_ASC, limit=PAGE, offset=off)))
             flow_name_by_id = {f.id: f.name for f in flows}
-            found = await _paged(lambda off: self.client.read_deployments(
-                flow_filter=flow_filter, deployment_filter=deployment_filter,
-                sort=DeploymentSort.NAME_ASC, limit=PAGE, offset=off))
         wanted = set(names)
         out: dict[str, DeploymentActual] = {}
         for d in found:
@@ -156,6 +161,16 @@ class PrefectAPI:
     async def write_state(self, state: EnvironmentState, handle: Any) -> Any:
         async with api_errors(f"recording the state of {state.environment!r}"):
             return await state_store.write_state(self.client, state, handle)
+
+
+async def read_together(*reads: Awaitable[Any]) -> list[Any]:
+    """Run independent reads concurrently (reads do not contend for SQLite's write lock); all of
+    them finish, then the first failure, if any, is raised as it was."""
+    results = await asyncio.gather(*reads, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 async def bounded_gather(limit: int, jobs: list[Callable[[], Awaitable[T]]]) -> list[T | BaseException]:
