@@ -29,20 +29,23 @@ import run as bench  # noqa: E402
 
 def timed(owner, name: str, steps: dict) -> None:
     original = getattr(owner, name)
+
+    @contextlib.contextmanager
+    def clock():
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            steps[name].append(time.perf_counter() - start)
+
     if asyncio.iscoroutinefunction(original):
         async def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
+            with clock():
                 return await original(*args, **kwargs)
-            finally:
-                steps[name].append(time.perf_counter() - start)
     else:
         def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
+            with clock():
                 return original(*args, **kwargs)
-            finally:
-                steps[name].append(time.perf_counter() - start)
     setattr(owner, name, wrapper)
 
 

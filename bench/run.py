@@ -48,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -433,7 +432,7 @@ class Bench:
     # -- phases ------------------------------------------------------------------------------------
 
     def go(self) -> dict:
-        n, reps = self.n, self.reps
+        n = self.n
         log(f"N={n}: starting a fresh Prefect server in {self.server.home}")
         self.server.start()
         self.proxy = CountingProxy("127.0.0.1", self.server.port).start()
@@ -773,7 +772,6 @@ def summarize(all_results: list[dict]) -> tuple[str, str]:
         # ratios and targets
         read = med(results, "floor_read", "inner_s")
         floor = med(results, "floor_patch", "inner_s")
-        apply_flow, apply_whole = med(results, "apply", "flow_s"), med(results, "apply", "wall")
         peer_change, how_change = peer_figure(results, "peer_change")
         peer_same, how_same = peer_figure(results, "peer_unchanged")
         for kind, label in (("noop_full", "full-check no-op"), ("noop_shortcut", "shortcut no-op"),

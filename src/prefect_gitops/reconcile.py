@@ -194,8 +194,9 @@ async def _reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRu
     async with lock(request.environment, timeout):
         # fresh: another rollout may just have ended. The server's side is read at the same time, for
         # the targets known before the lock; read again only if the fresh inventory names others.
+        actual = None
         if loaded is None:
-            (state, handle), actual = await api.read_state(request.environment, history=False), None
+            state, handle = await api.read_state(request.environment, history=False)
         else:
             names = _actual_names(loaded.spec, state)
             (state, handle), actual = await read_together(api.read_state(request.environment, history=False),

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 from helpers import _with_client, run, uid
+from prefect.exceptions import ObjectNotFound
 
 from prefect_gitops.adapters.prefect_api import PrefectAPI
 from prefect_gitops.adapters.state_store import HISTORY_BLOCK_TYPE, STATE_BLOCK_TYPE, state_block_name
@@ -25,7 +26,7 @@ def documents(env: str) -> dict:
             try:
                 doc = await client.read_block_document_by_name(name=state_block_name(env), block_type_slug=slug)
                 out[slug] = (doc.updated, doc.data)
-            except Exception:
+            except ObjectNotFound:
                 out[slug] = None
         return out
     return run(_with_client(go))

@@ -2,8 +2,9 @@
 
 - `gitops-<env>` (GitOps Environment State): revisions, condition, suspension and the inventory,
   as one JSON string, plus a few plain fields for the UI. Read and written by every reconcile.
-- `gitops-<env>` too, of another block type (GitOps Environment History): the last applies, newest first, as one JSON string.
-  Written only when an apply, rollback or failure adds an entry; read only by those who need it.
+- `gitops-<env>` too, of another block type (GitOps Environment History): the last applies, newest
+  first, as one JSON string. Written only when an apply, rollback or failure adds an entry; read only
+  by those who need it.
 
 Why JSON strings: the server flattens and unflattens every nested leaf of a block's data on each
 write (secret obfuscation); with thousands of managed keys that costs ~0.7 s per write, against
@@ -82,21 +83,20 @@ async def _read_document(client: PrefectClient, name: str, slug: str):
         return None
 
 
-def _parse_state(environment: str, data: dict) -> EnvironmentState:
-    if "state_json" in data:
-        return EnvironmentState.model_validate_json(data["state_json"]).model_copy(update={"environment": environment})
-    # the first format kept everything, history included, as one nested dict
-    return EnvironmentState.model_validate({**(data.get("state") or {}), "environment": environment})
-
-
 async def read_state(client: PrefectClient, environment: str, history: bool = True
                      ) -> tuple[EnvironmentState, StateHandle | None]:
     """The recorded state, with its history only if asked for, and a handle to write it back
     (None if the environment was never recorded)."""
     name = state_block_name(environment)
     document = await _read_document(client, name, STATE_BLOCK_TYPE)
-    state = _parse_state(environment, document.data or {}) if document else EnvironmentState(environment=environment)
-    legacy = document is not None and "state_json" not in (document.data or {})
+    data = (document.data or {}) if document else {}
+    legacy = document is not None and "state_json" not in data
+    if document is None:
+        state = EnvironmentState(environment=environment)
+    elif legacy:  # the first format kept everything, history included, as one nested dict
+        state = EnvironmentState.model_validate({**(data.get("state") or {}), "environment": environment})
+    else:
+        state = EnvironmentState.model_validate_json(data["state_json"]).model_copy(update={"environment": environment})
     history_document = None
     if history and not legacy:
         history_document = await _read_document(client, name, HISTORY_BLOCK_TYPE)
