@@ -115,9 +115,10 @@ def _run_flow(flow_fn, output: Output, env: str, **parameters) -> None:
     flow_run_id = str(state.state_details.flow_run_id)
     if isinstance(outcome, dict):  # the report, from a Completed or a Failed run
         report = dict(outcome)
-    else:  # the flow crashed before producing a report (bad parameters, server gone)
-        report = {"environment": env, "status": "failed", "errors": [{"message": str(outcome)}],
-                  "changes": [], "applied": 0, "revision": None, "message": str(outcome)}
+    else:  # the flow crashed before producing a report (bad parameters, server gone, a bug)
+        message = str(outcome) or state.message or type(outcome).__name__
+        report = {"environment": env, "status": "failed", "errors": [{"message": message}],
+                  "changes": [], "applied": 0, "revision": None, "message": message}
     report["flow_run_id"] = flow_run_id
     lines = [f"flow run {flow_run_id}: {state.type.value}", f"{report.get('status')}: {report.get('message')}"]
     for test in report.get("smoke_tests", []):

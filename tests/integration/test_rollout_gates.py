@@ -27,11 +27,24 @@ from helpers import (
 )
 
 
-def marker_command(marker, sleep=0.0, fail_on="bad"):
-    code = (f"import os, sys, time; img = os.environ['SMOKE_IMAGE']; f = open({str(marker)!r}, 'a'); "
-            f"f.write('start %s %f\\n' % (img, time.time())); f.flush(); time.sleep({sleep}); "
-            f"f.write('end %s %f\\n' % (img, time.time())); sys.exit(3 if {fail_on!r} in img else 0)")
+def marker_command(marker, sleep=0.0, fail_on="bad", release=None):
+    """A smoke test that logs its start and end to `marker`; it sleeps, or waits (up to 2 min) until
+    `release` exists."""
+    wait = (f"deadline = time.time() + 120\nwhile not os.path.exists({str(release)!r}) and time.time() < deadline:\n"
+            f"    time.sleep(0.1)\n" if release else f"time.sleep({sleep})\n")
+    code = (f"import os, sys, time\nimg = os.environ['SMOKE_IMAGE']\nf = open({str(marker)!r}, 'a')\n"
+            f"f.write('start %s %f\\n' % (img, time.time()))\nf.flush()\n{wait}"
+            f"f.write('end %s %f\\n' % (img, time.time()))\nsys.exit(3 if {fail_on!r} in img else 0)\n")
     return [sys.executable, "-c", code]
+
+
+def wait_for_line(path, prefix, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and any(line.startswith(prefix) for line in path.read_text().splitlines()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no line {prefix!r} in {path} after {timeout}s")
 
 
 @pytest.fixture
@@ -53,31 +66,37 @@ def apply_proc(repo, env, *more, extra_env=None):
 
 def finish(proc):
     out, err = proc.communicate(timeout=300)
-    return proc.returncode, (json.loads(out) if out.strip().startswith("{") else {"stderr": err})
+    report = json.loads(out) if out.strip().startswith("{") else {}
+    report["stderr"] = err[-4000:]  # shown by a failing assertion
+    return proc.returncode, report
 
 
 def test_one_writer_per_environment_and_environments_in_parallel(estate):
     e = estate
     qa, prod = f"qa{e['u']}", f"prod{e['u']}"
-    slow = {"kind": "process", "process": {"command": marker_command(e["marker"], sleep=6)}}
-    e["repo"].commit_env(qa, {"smoke_test": slow, "rollout": {"lock_timeout_seconds": 2},
-                              "deployments": {e["a"]: {"job_variables": {"image": "flows:2"}}}})
-    e["repo"].commit_env(prod, {"smoke_test": slow, "deployments": {e["b"]: {"job_variables": {"image": "flows:2"}}}})
+    release = e["tmp"] / "release"  # the smoke tests hold their rollouts until the test creates it
+    held = {"kind": "process", "process": {"command": marker_command(e["marker"], release=release)}}
+    e["repo"].commit_env(qa, {"smoke_test": held, "rollout": {"lock_timeout_seconds": 2},
+                              "deployments": {e["a"]: {"job_variables": {"image": "flows:qa"}}}})
+    e["repo"].commit_env(prod, {"smoke_test": held, "deployments": {e["b"]: {"job_variables": {"image": "flows:prod"}}}})
 
-    first, second, other = (apply_proc(e["repo"], qa), apply_proc(e["repo"], qa), apply_proc(e["repo"], prod))
-    outcomes = sorted([finish(first), finish(second)], key=lambda o: o[0])
-    (code_ok, applied), (code_busy, busy) = outcomes
-    assert (code_ok, code_busy) == (0, 3), outcomes
-    assert applied["applied"] == 1 and busy["status"] == "busy" and busy["applied"] == 0
+    first = apply_proc(e["repo"], qa)
+    wait_for_line(e["marker"], "start flows:qa")  # qa's first rollout holds the lock
+    code_busy, busy = finish(apply_proc(e["repo"], qa))
+    assert code_busy == 3 and busy["status"] == "busy" and busy["applied"] == 0, busy
     assert "another rollout of" in busy["message"] and "is in progress" in busy["message"]
+    # prod rolls out while qa's rollout still holds its lock
+    other = apply_proc(e["repo"], prod)
+    wait_for_line(e["marker"], "start flows:prod")
+    assert not any(line.startswith("end") for line in e["marker"].read_text().splitlines())
+    release.touch()
+    for proc in (first, other):
+        code, report = finish(proc)
+        assert code == 0 and report["applied"] == 1, report
     state, _ = read_state(qa)
     assert len(state.history) == 1
-    # prod rolled out at the same time as qa
-    code, report = finish(other)
-    assert code == 0 and report["applied"] == 1
-    starts = [float(line.split()[2]) for line in e["marker"].read_text().splitlines() if line.startswith("start")]
-    ends = [float(line.split()[2]) for line in e["marker"].read_text().splitlines() if line.startswith("end")]
-    assert len(starts) == 2 and max(starts) < min(ends)  # the two environments' tests overlapped
+    assert deployment_job_variables(e["a"])["image"] == "flows:qa"
+    assert deployment_job_variables(e["b"])["image"] == "flows:prod"
 
 
 def test_smoke_test_cap_is_shared(estate, tmp_path):

@@ -13,7 +13,7 @@ from typing import AsyncIterator
 
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.concurrency.asyncio import concurrency
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from prefect_gitops.adapters.prefect_api import api_errors
 from prefect_gitops.errors import RolloutBusy
@@ -36,8 +36,11 @@ async def ensure_limit(client, name: str, limit: int, enforce: bool) -> None:
         try:
             existing = await client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-            return
+            try:
+                await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+                return
+            except ObjectAlreadyExists:  # another reconcile created it just now: check it like an old one
+                existing = await client.read_global_concurrency_limit_by_name(name)
         if (enforce and existing.limit != limit) or not existing.active:
             await client.update_global_concurrency_limit(
                 name, GlobalConcurrencyLimitUpdate(limit=limit if enforce else existing.limit, active=True))

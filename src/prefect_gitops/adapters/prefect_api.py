@@ -25,7 +25,7 @@ from prefect.client.schemas.filters import (
     WorkPoolFilterName,
 )
 from prefect.client.schemas.sorting import DeploymentSort, FlowSort
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from prefect_gitops.adapters import state_store
 from prefect_gitops.errors import PermanentError, TransientError
@@ -44,6 +44,8 @@ async def api_errors(what: str) -> AsyncIterator[None]:
         yield
     except ObjectNotFound as exc:
         raise PermanentError(f"{what}: not found on the Prefect server") from exc
+    except ObjectAlreadyExists as exc:  # a concurrent writer won a create: the next attempt sees it
+        raise TransientError(f"{what}: it was created at the same time by another writer") from exc
     except httpx.HTTPStatusError as exc:
         code = exc.response.status_code
         detail = exc.response.text[:500]
@@ -145,10 +147,15 @@ class PrefectAPI:
         fields = {"is_paused" if c.key == "paused" else c.key: c.new for c in changes if c.action == "set"}
         pool, name = queue.name.split("/", 1)
         async with api_errors(f"{'updating' if queue.id else 'creating'} work queue {queue.name!r}"):
-            if queue.id is None:
-                await self.client.create_work_queue(name=name, work_pool_name=pool, **fields)
-            elif fields:
-                await self.client.update_work_queue(queue.id, **fields)
+            queue_id = queue.id
+            if queue_id is None:
+                try:
+                    await self.client.create_work_queue(name=name, work_pool_name=pool, **fields)
+                    return
+                except ObjectAlreadyExists:  # another environment's reconcile created it just now
+                    queue_id = (await self.client.read_work_queue_by_name(name, work_pool_name=pool)).id
+            if fields:
+                await self.client.update_work_queue(queue_id, **fields)
 
     # -- the environment's recorded state (blocks named gitops-<env>, see state_store.py) -----------
 

@@ -24,7 +24,7 @@ from typing import Any
 from prefect.blocks.core import Block
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import BlockDocumentUpdate
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from pydantic import Field, TypeAdapter
 
 from prefect_gitops.state import HISTORY_LIMIT, EnvironmentState, HistoryEntry
@@ -138,13 +138,23 @@ async def _save(client: PrefectClient, name: str, document: Any | None, block: B
     """Replace the document's data (with this block's schema, which also moves a document in an
     older format to this one), or create it on the first write."""
     if document is None:
+        await register_block_type(client, block)
         await block.asave(name, overwrite=True, client=client)
         return await client.read_block_document_by_name(name=name, block_type_slug=block.get_block_type_slug())
     data = block.model_dump(mode="json", exclude={"block_type_slug"})
     schema_id = document.block_schema_id
     if set(document.data or {}) != set(data):
-        await block.register_type_and_schema(client=client)
+        await register_block_type(client, block)
         schema_id = block._block_schema_id
     await client.update_block_document(document.id, BlockDocumentUpdate(
         block_schema_id=schema_id, data=data, merge_existing_data=False))
     return document.model_copy(update={"block_schema_id": schema_id, "data": data})
+
+
+async def register_block_type(client: PrefectClient, block: Block) -> None:
+    """Register the block's type and schema. On a new server, the first writes of two environments
+    race to create them: the loser's second attempt finds them."""
+    try:
+        await block.register_type_and_schema(client=client)
+    except ObjectAlreadyExists:
+        await block.register_type_and_schema(client=client)
