@@ -245,7 +245,6 @@ def run_demo(keep: bool = False) -> int:
               and broken["status"] == "failed" and broken["applied"] == 0
               and [t["result"] for t in broken["smoke_tests"]] == ["failed"])
         print("\nstatus: prefect-gitops status --env prod (with PREFECT_API_URL set to this server)")
-        from prefect_gitops.cli import app  # noqa: F401  (imported for the same settings)
         from prefect_gitops.report import status_text
         from prefect_gitops.adapters.prefect_api import PrefectAPI
         from prefect import get_client

@@ -141,7 +141,7 @@ def status_text(state: EnvironmentState) -> str:
         f"managed keys:             {state.inventory.count()}",
         "suspended:                " + ("no" if state.suspended is None else
             f"yes since {state.suspended.at:%Y-%m-%d %H:%M:%S} ({state.suspended.reason or 'no reason given'})"),
-        f"rolled back:              " + ("no" if state.rolled_back is None else
+        "rolled back:              " + ("no" if state.rolled_back is None else
             f"yes ({state.rolled_back.reason}) from {state.rolled_back.from_revision[:12]} to "
             f"{(state.rolled_back.to_revision or '-')[:12]} at {state.rolled_back.at:%Y-%m-%d %H:%M:%S}; "
             "out of sync with Git until Git moves or a reconcile is forced"),

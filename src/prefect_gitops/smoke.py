@@ -17,7 +17,7 @@ from prefect_gitops.model import (
     ProcessSpec,
     SmokeTestOverride,
 )
-from prefect_gitops.plan import _ABSENT, ActualState, Change, Plan, PlanProblem, TargetType
+from prefect_gitops.plan import _ABSENT, ActualState, Change, PlanProblem, TargetType
 
 Target = tuple[TargetType, str]
 DEFAULT_TIMEOUT = 300

@@ -156,7 +156,7 @@ def test_promotion_gate_requires_the_image_to_soak_in_the_previous_environment(e
     e["repo"].commit_env(prod, prod_doc("flows:5", 3600))
 
     code, report = cli_json("apply", "--source", e["repo"].url, "--env", prod, check_codes=(4,))
-    assert report["status"] == "waiting" and f"never been reconciled" in report["message"]
+    assert report["status"] == "waiting" and "never been reconciled" in report["message"]
     cli_json("apply", "--source", e["repo"].url, "--env", qa)
     code, report = cli_json("apply", "--source", e["repo"].url, "--env", prod, check_codes=(4,))
     assert "needs 3600s" in report["message"] and deployment_job_variables(e["b"]) == {}

@@ -67,9 +67,6 @@ def test_reconcile_on_the_control_queue_is_picked_before_a_backlog(tmp_path):
     backlog_deployment = create_canary_deployment(f"backlog-{u}", pool)
 
     async def schedule(client):
-        from prefect.client.schemas.actions import DeploymentScheduleCreate  # noqa: F401
-        from prefect.utilities.callables import parameter_schema  # noqa: F401
-
         backlog = [await client.create_flow_run_from_deployment(backlog_deployment, tags=["backlog"]) for _ in range(4)]
         flow_id = await client.create_flow_from_name("gitops-reconcile")
         deployment_id = await client.create_deployment(

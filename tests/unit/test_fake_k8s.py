@@ -108,7 +108,7 @@ def test_active_deadline_kills_the_process(k8s):
         return run
 
     started = time.monotonic()
-    run = asyncio.run(scenario())
+    asyncio.run(scenario())
     assert time.monotonic() - started < 5
     job = k8s.jobs["slow-job"]
     assert job["status"]["conditions"] == [

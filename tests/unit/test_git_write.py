@@ -7,7 +7,6 @@ reached through file://); no Prefect server is needed.
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import subprocess
 from pathlib import Path

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect_gitops.model import EnvironmentFile
-from prefect_gitops.plan import ActualState, DeploymentActual, PoolActual, plan
+from prefect_gitops.plan import ActualState, PoolActual, plan
 from prefect_gitops.state import EnvironmentState, HistoryEntry, Inventory, begin_apply, finish_apply, utcnow
 
 POOL = {"variables": {"properties": {"image": {"type": "string", "default": "flows:0"}}}}

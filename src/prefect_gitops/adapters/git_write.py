@@ -27,7 +27,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
