@@ -103,8 +103,14 @@ def test_smoke_test_cap_is_shared(estate, tmp_path):
     e = estate
     env = f"cap{e['u']}"
     with FakeKubernetes(tmp_path / "k8s") as k8s:
+        started = tmp_path / "started"
+        started.mkdir()
+        # each Job waits (up to a minute) until two have started: the cap of 2 is reached, never passed
+        wait_for_two = (f"import os, time, uuid\nopen(os.path.join({str(started)!r}, uuid.uuid4().hex), 'w').close()\n"
+                        f"deadline = time.time() + 60\nwhile len(os.listdir({str(started)!r})) < 2 and time.time() < deadline:\n"
+                        f"    time.sleep(0.1)\n")
         smoke = {"kind": "kubernetes", "kubernetes": {
-            "command": [sys.executable, "-c", "import time; time.sleep(1.5)"],
+            "command": [sys.executable, "-c", wait_for_two],
             "cluster": {"kubeconfig": str(k8s.kubeconfig_path), "context": "fake"}}}
         for i in range(5):
             create_deployment(e["a"].split("/")[0], f"cap{i}", e["pool"])
