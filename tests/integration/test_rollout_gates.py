@@ -27,11 +27,16 @@ from helpers import (
 )
 
 
+def wait_code(condition: str, seconds: float) -> str:
+    """Lines of a smoke test's script that wait until `condition` (a Python expression; `os` and `time`
+    imported) holds, for at most `seconds`."""
+    return f"deadline = time.time() + {seconds}\nwhile not ({condition}) and time.time() < deadline:\n    time.sleep(0.1)\n"
+
+
 def marker_command(marker, sleep=0.0, fail_on="bad", release=None):
     """A smoke test that logs its start and end to `marker`; it sleeps, or waits (up to 2 min) until
     `release` exists."""
-    wait = (f"deadline = time.time() + 120\nwhile not os.path.exists({str(release)!r}) and time.time() < deadline:\n"
-            f"    time.sleep(0.1)\n" if release else f"time.sleep({sleep})\n")
+    wait = wait_code(f"os.path.exists({str(release)!r})", 120) if release else f"time.sleep({sleep})\n"
     code = (f"import os, sys, time\nimg = os.environ['SMOKE_IMAGE']\nf = open({str(marker)!r}, 'a')\n"
             f"f.write('start %s %f\\n' % (img, time.time()))\nf.flush()\n{wait}"
             f"f.write('end %s %f\\n' % (img, time.time()))\nsys.exit(3 if {fail_on!r} in img else 0)\n")
@@ -107,8 +112,7 @@ def test_smoke_test_cap_is_shared(estate, tmp_path):
         started.mkdir()
         # each Job waits (up to a minute) until two have started: the cap of 2 is reached, never passed
         wait_for_two = (f"import os, time, uuid\nopen(os.path.join({str(started)!r}, uuid.uuid4().hex), 'w').close()\n"
-                        f"deadline = time.time() + 60\nwhile len(os.listdir({str(started)!r})) < 2 and time.time() < deadline:\n"
-                        f"    time.sleep(0.1)\n")
+                        + wait_code(f"len(os.listdir({str(started)!r})) >= 2", 60))
         smoke = {"kind": "kubernetes", "kubernetes": {
             "command": [sys.executable, "-c", wait_for_two],
             "cluster": {"kubeconfig": str(k8s.kubeconfig_path), "context": "fake"}}}
