@@ -153,6 +153,15 @@ def read_state(env: str):
     return run(_with_client(go))
 
 
+def write_state(state, handle) -> None:
+    from prefect_gitops.adapters.prefect_api import PrefectAPI
+
+    async def go(client):
+        return await PrefectAPI(client).write_state(state, handle)
+
+    run(_with_client(go))
+
+
 def cli(*args: str, check_codes=(0,)) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", "prefect_gitops", *args], capture_output=True, text=True,
                           env=os.environ.copy(), timeout=300)
@@ -167,19 +176,27 @@ def cli_json(*args: str, check_codes=(0,)) -> tuple[int, dict]:
 
 def read_events(event: str, environment: str, wait: float = 20.0) -> list[dict]:
     """Events of one environment, read back from the server (persisted asynchronously, so poll)."""
+    return _poll_events({"event": {"name": [event]},
+                         "resource": {"id": [f"prefect-gitops.environment.{environment}"]}}, wait)
+
+
+def wait_for_change_event(event: str, resource_id: str, since, wait: float = 30.0) -> list[dict]:
+    """Until the server's event log shows `event` (e.g. prefect.deployment.updated) for that resource
+    (e.g. prefect.deployment.<id>) since `since`: the server persists events a moment after the
+    change, and a drift check that asks the log sees a change only once it is there."""
+    events = _poll_events({"event": {"name": [event]}, "resource": {"id": [resource_id]}}, wait,
+                          since=since.isoformat())
+    assert events, f"no {event} event for {resource_id} within {wait} s"
+    return events
+
+
+def _poll_events(flt: dict, wait: float, since: str = "2000-01-01T00:00:00Z") -> list[dict]:
     import time
 
     import httpx
 
     url = os.environ["PREFECT_API_URL"]
-    body = {
-        "filter": {
-            "event": {"name": [event]},
-            "resource": {"id": [f"prefect-gitops.environment.{environment}"]},
-            "occurred": {"since": "2000-01-01T00:00:00Z"},
-        },
-        "limit": 50,
-    }
+    body = {"filter": {**flt, "occurred": {"since": since}}, "limit": 50}
     deadline = time.monotonic() + wait
     while True:
         response = httpx.post(f"{url}/events/filter", json=body, timeout=10)

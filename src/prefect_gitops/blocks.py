@@ -74,12 +74,16 @@ print(defaults.as_file_defaults())
         default="correct", description="Revert values changed outside Git, or only report them.")
     drift_check_interval_seconds: int = Field(
         default=300, ge=0, description="How often a reconcile looks for drift when Git has not moved.")
+    drift_full_read_interval_seconds: int = Field(
+        default=3600, ge=0, description="How often a drift check reads every managed target even when the "
+        "server's event log shows no change to them (0: every check).")
     lock_timeout_seconds: int = Field(
         default=300, ge=0, description="How long a reconcile waits for another rollout of the same environment.")
     max_parallel: int = Field(default=4, ge=1, le=64, description="Targets written at once, per wave.")
 
     def as_file_defaults(self) -> dict[str, Any]:
-        return {"drift": {"mode": self.drift_mode, "check_interval_seconds": self.drift_check_interval_seconds},
+        return {"drift": {"mode": self.drift_mode, "check_interval_seconds": self.drift_check_interval_seconds,
+                          "full_read_interval_seconds": self.drift_full_read_interval_seconds},
                 "rollout": {"lock_timeout_seconds": self.lock_timeout_seconds, "max_parallel": self.max_parallel}}
 
 

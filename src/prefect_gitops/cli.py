@@ -78,6 +78,8 @@ def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH
           drift_mode: DriftOption = typer.Option(DriftOption.from_file, "--drift-mode"),
           concurrency: int = typer.Option(4, "--concurrency", min=1, max=32),
           force: bool = typer.Option(False, "--force", help="Apply even the revision a rollback moved away from."),
+          full_check: bool = typer.Option(False, "--full-check",
+                                          help="Read every managed target now (no shortcut, no event log)."),
           override_windows: bool = typer.Option(False, "--override-windows",
                                                 help="Apply inside a deny window / outside every allow window.")) -> None:
     """Run the reconcile flow (a real flow run).
@@ -89,7 +91,7 @@ def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH
 
     _run_flow(reconcile, output, env, environment=env, source_url=source, ref=ref, path=path, revision=revision,
               dry_run=dry_run, drift_mode=drift_mode.value, concurrency=concurrency, force=force,
-              override_windows=override_windows)
+              full_check=full_check, override_windows=override_windows)
 
 
 @app.command()

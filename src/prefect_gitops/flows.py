@@ -43,6 +43,7 @@ async def reconcile(
     drift_mode: Literal["from-file", "correct", "warn"] = param("from-file", "Drift mode", description="correct: revert values changed outside Git; warn: report only; " "from-file: the environment file's drift.mode (default correct)."),
     concurrency: Annotated[int, Field(ge=1, le=32)] = param(4, "Write concurrency", description="Targets updated at once."),
     force: bool = param(False, "Force", description="Apply even the revision a rollback moved away from."),
+    full_check: bool = param(False, "Full drift check", description="Read every managed target now, even if no drift check is due or the server's event log shows no change to them."),
     override_windows: bool = param(False, "Override sync windows", description="Apply even inside a deny window or outside every allow window."),
     rollout_defaults_block: str | None = param(None, "Rollout defaults block", description="Name of a GitOps Rollout Defaults block for files that leave drift/rollout out."),
     smoke_test_defaults_block: str | None = param(None, "Smoke test defaults block", description="Name of a GitOps Smoke Test Defaults block for files that leave smoke_test out."),
@@ -67,6 +68,7 @@ async def reconcile(
         path=path or (block.path if block else "environments"), revision=revision,
         dry_run=dry_run, drift_mode=None if drift_mode == "from-file" else drift_mode,
         concurrency=concurrency, flow_run_id=_flow_run_id(), force=force, override_windows=override_windows,
+        full_check=full_check,
         defaults=defaults or None,
     )
     async with get_client() as client:

@@ -185,6 +185,13 @@ class DriftPolicy(_Strict):
         description="When Git has not moved, a reconcile still reads the server to look for drift "
         "once this many seconds have passed since the last check (0: every reconcile).",
     )
+    full_read_interval_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="A drift check after one that ended in sync asks the server's event log what changed "
+        "since, and reads every managed target only if one of them may have changed; it reads them all "
+        "anyway once this many seconds have passed since the last full read (0: every check reads all).",
+    )
 
 
 class EnvironmentFile(_Strict):

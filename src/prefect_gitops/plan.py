@@ -135,7 +135,7 @@ def plan(desired: EnvironmentFile, actual: ActualState, inventory: Inventory, dr
     for target_type in ("work_pool", "deployment", "work_queue"):
         section = inventory.section(target_type)
         for target in sorted(set(wanted[target_type]) | set(section)):
-            current = _current_values(actual, target_type, target)
+            current = current_values(actual, target_type, target)
             desired_keys = wanted[target_type].get(target, {})
             for key in sorted(desired_keys):
                 _plan_desired_key(result, target_type, target, key, desired_keys[key], current,
@@ -145,7 +145,7 @@ def plan(desired: EnvironmentFile, actual: ActualState, inventory: Inventory, dr
     return result
 
 
-def _current_values(actual: ActualState, target_type: TargetType, target: str) -> dict[str, Any] | None:
+def current_values(actual: ActualState, target_type: TargetType, target: str) -> dict[str, Any] | None:
     """The target's managed-level values on the server, or None when the target is gone."""
     if target_type == "work_pool":
         pool = actual.work_pools.get(target)
@@ -165,10 +165,10 @@ def _plan_desired_key(result: Plan, target_type: TargetType, target: str, key: s
                       current: dict[str, Any] | None, entry, drift_mode: DriftMode) -> None:
     assert current is not None  # _validate refused missing targets
     present = key in current
-    if present and _same(current[key], value):
+    if present and same_value(current[key], value):
         result.noops.append(NoOp(target_type=target_type, target=target, key=key, reason="in-sync", value=value))
         return
-    drifted = entry is not None and entry.applied and _same(entry.value, value)
+    drifted = entry is not None and entry.applied and same_value(entry.value, value)
     result.changes.append(Change(
         target_type=target_type, target=target, key=key, action="set",
         old=current.get(key), old_present=present, new=value,
@@ -188,7 +188,7 @@ def _plan_removed_key(result: Plan, target_type: TargetType, target: str, key: s
         return
     restore = target_type in ("work_pool", "work_queue") and entry.had_previous
     if restore:
-        if key in current and _same(current[key], entry.previous):
+        if key in current and same_value(current[key], entry.previous):
             result.noops.append(NoOp(target_type=target_type, target=target, key=key, reason="already-absent"))
             return
         result.changes.append(Change(
@@ -203,7 +203,7 @@ def _plan_removed_key(result: Plan, target_type: TargetType, target: str, key: s
         new=None, reason="desired", removed_from_git=True))
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     # JSON equality: 1 == 1.0 but True != 1
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b

@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal, Protocol
 
 from prefect_gitops.adapters.git import Source, default_cache_dir
 from prefect_gitops.adapters.prefect_api import PrefectAPI, bounded_gather, read_together
+from prefect_gitops.drift_events import Watched, covered_after_event_check, covered_after_full_read, reasons_to_read
 from prefect_gitops.errors import ConfigError, ConfigProblem, GitOpsError, PermanentError, RolloutBusy, TransientError
 from prefect_gitops.loader import load_environment
 from prefect_gitops.model import EnvironmentFile
@@ -58,7 +59,7 @@ class ReconcileRequest:
     drift_mode: DriftMode | None = None  # None: the environment file's drift.mode
     concurrency: int = 4  # writes in flight at once
     flow_run_id: str | None = None
-    full_check: bool = False  # skip the "Git unchanged, no drift check due" shortcut
+    full_check: bool = False  # read every target: skip the "no drift check due" shortcut and the event log
     force: bool = False  # apply even the revision a rollback moved away from
     override_windows: bool = False  # apply inside a deny window / outside every allow window
     defaults: dict | None = None  # sections from the policy default blocks; the file wins
@@ -86,6 +87,7 @@ class ReconcileResult:
     file: str | None = None
     flow_run_id: str | None = None
     message: str = ""
+    drift_check: str | None = None  # how Git-unchanged drift was looked for: "event log" or "full read: <why>"
 
     @property
     def ok(self) -> bool:
@@ -118,6 +120,7 @@ class ReconcileResult:
             "waves": [{"wave": w.number, "name": w.name, "state": w.state, "changes": len(w.changes),
                        "max_parallel": w.max_parallel, "message": w.message} for w in self.waves],
             "flow_run_id": self.flow_run_id,
+            "drift_check": self.drift_check,
         }
 
 
@@ -191,7 +194,15 @@ async def _reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRu
         return await _converge(request, api, runner, result, loaded, state, handle, revision, now)
 
     timeout = loaded.spec.rollout.lock_timeout_seconds if loaded else 300
+    checked_until = await _check_event_log(request, api, loaded.spec, state, revision, now, result) if loaded else None
     async with lock(request.environment, timeout):
+        if checked_until is not None:
+            fresh, handle = await api.read_state(request.environment, history=False)
+            # record the check only if nothing was recorded in between (else read everything below)
+            if (fresh.drift_checked_until == state.drift_checked_until
+                    and fresh.may_check_by_events(revision, now, loaded.spec.drift.full_read_interval_seconds) is None):
+                return await _record_quiet_check(api, fresh, handle, checked_until, loaded.spec, revision, result)
+            result.drift_check = "full read: another run recorded the state during the check"
         # fresh: another rollout may just have ended. The server's side is read at the same time, for
         # the targets known before the lock; read again only if the fresh inventory names others.
         actual = None
@@ -209,6 +220,56 @@ async def _reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRu
             await _record_failure(api, state, handle, revision, request, build_error.problems, now)
             raise build_error
         return await _converge(request, api, runner, result, loaded, state, handle, revision, now, actual)
+
+
+async def _check_event_log(request: ReconcileRequest, api: PrefectAPI, spec: EnvironmentFile,
+                           state: EnvironmentState, revision: str, now: dt.datetime,
+                           result: ReconcileResult) -> dt.datetime | None:
+    """Git unchanged and the last check in sync: ask the server's event log whether a managed target
+    may have changed since. Returns the time the check covers up to when none did, else None (and
+    the reason for reading every target goes in `result.drift_check`)."""
+    if request.full_check:
+        result.drift_check = "full read: asked for"
+        return None
+    if revision != state.last_applied_revision:
+        return None  # a new revision: not a drift check
+    why_not = state.may_check_by_events(revision, now, spec.drift.full_read_interval_seconds)
+    if why_not is None:
+        checked_until = covered_after_event_check(state.drift_checked_until, utcnow())
+        try:
+            events = await api.read_change_events(state.drift_checked_until)
+        except GitOpsError as exc:
+            events, why_not = None, f"the event log could not be read ({exc})"
+        else:
+            why_not = "more change events than are worth reading one by one" if events is None else None
+        if events is not None:
+            names = _actual_names(spec, state)
+            watched = Watched(work_pools=frozenset(names["pool_names"] | names["queue_pools"]),
+                              deployments=frozenset(names["deployment_names"]),
+                              queue_pools=frozenset(names["queue_pools"]))
+            reasons = reasons_to_read(events, watched, state.inventory)
+            if not reasons:
+                result.drift_check = "event log"
+                return checked_until
+            why_not = reasons[0] + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else "")
+    result.drift_check = f"full read: {why_not}"
+    return None
+
+
+async def _record_quiet_check(api: PrefectAPI, state: EnvironmentState, handle, checked_until: dt.datetime,
+                              spec: EnvironmentFile, revision: str, result: ReconcileResult) -> ReconcileResult:
+    since = state.drift_checked_until
+    state.last_drift_check_at = utcnow()
+    state.drift_checked_until = checked_until
+    state.drift_check_interval_seconds = spec.drift.check_interval_seconds
+    state.condition = Condition(
+        ready=True, reason="InSync",
+        message=f"in sync at {revision[:12]}: the server's event log shows no change to a managed target since "
+                f"{since:%Y-%m-%d %H:%M:%S} UTC (every target was last read at "
+                f"{state.last_full_read_at:%Y-%m-%d %H:%M:%S} UTC)")
+    await api.write_state(state, handle)
+    result.status, result.message = "in-sync", state.condition.message
+    return result
 
 
 async def _converge(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None,
@@ -415,6 +476,8 @@ async def _record(api: PrefectAPI, state: EnvironmentState, handle, the_plan: Pl
     finished = utcnow()
     state.inventory = finish_apply(state.inventory, the_plan, result.applied, revision)
     state.last_drift_check_at = finished
+    # every target was read after `now`: the next drift check asks the event log from there
+    state.last_full_read_at, state.drift_checked_until = now, covered_after_full_read(now)
     state.drift_check_interval_seconds = check_interval
     not_applied = result.failed or result.held
     if not_applied:

@@ -101,6 +101,11 @@ class EnvironmentState(BaseModel):
     last_applied_at: dt.datetime | None = None
     last_drift_check_at: dt.datetime | None = None
     drift_check_interval_seconds: int = 300
+    last_full_read_at: dt.datetime | None = Field(
+        default=None, description="When a drift check last read every target (not just the event log).")
+    drift_checked_until: dt.datetime | None = Field(
+        default=None, description="Changes made before this are reflected in the condition; a drift check "
+        "asks the event log for what happened since (minus an overlap).")
     condition: Condition | None = None
     rolled_back: RolledBack | None = None
     suspended: Suspension | None = None
@@ -112,6 +117,22 @@ class EnvironmentState(BaseModel):
             return True
         elapsed = (now - self.last_drift_check_at).total_seconds()
         return elapsed >= self.drift_check_interval_seconds
+
+    def may_check_by_events(self, revision: str, now: dt.datetime, full_read_interval: int) -> str | None:
+        """None if a drift check may ask the event log instead of reading every target, else why not."""
+        if full_read_interval <= 0:
+            return "drift.full_read_interval_seconds is 0"
+        if revision != self.last_applied_revision or self.rolled_back is not None or self.suspended is not None:
+            return "the revision is not the one applied"
+        if self.condition is None or not self.condition.ready:
+            return "the last check did not end in sync"
+        if self.has_unfinished_writes():
+            return "a write is unfinished"
+        if self.drift_checked_until is None or self.last_full_read_at is None:
+            return "no full read is recorded"
+        if (now - self.last_full_read_at).total_seconds() >= full_read_interval:
+            return "a full read is due"
+        return None
 
     def has_unfinished_writes(self) -> bool:
         return any(

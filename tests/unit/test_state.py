@@ -55,3 +55,33 @@ def test_state_round_trips_and_history_is_capped():
     assert len(state.history) == 50 and state.history[0].revision == f"{59:040d}"
     assert EnvironmentState.model_validate(state.model_dump(mode="json")) == state
     assert state.drift_check_due(now)
+
+
+def test_a_drift_check_asks_the_event_log_only_after_a_check_that_ended_in_sync():
+    import datetime as dt
+
+    from prefect_gitops.state import Condition, ManagedKey, RolledBack, Suspension
+
+    now = utcnow()
+
+    def state(**fields) -> EnvironmentState:
+        base = dict(environment="qa", last_applied_revision="a" * 40, condition=Condition(ready=True, reason="InSync"),
+                    last_full_read_at=now - dt.timedelta(minutes=5), drift_checked_until=now - dt.timedelta(minutes=5))
+        return EnvironmentState(**{**base, **fields})
+
+    assert state().may_check_by_events("a" * 40, now, 3600) is None
+    unfinished = Inventory()
+    unfinished.put("deployment", "f/d", "image", ManagedKey(value="x", applied=False, had_previous=False))
+    for why, s, interval in [
+        ("drift.full_read_interval_seconds is 0", state(), 0),
+        ("the revision is not the one applied", state(last_applied_revision="b" * 40), 3600),
+        ("the revision is not the one applied", state(rolled_back=RolledBack(
+            from_revision="a" * 40, to_revision=None, reason="manual")), 3600),
+        ("the revision is not the one applied", state(suspended=Suspension()), 3600),
+        ("the last check did not end in sync", state(condition=Condition(ready=False, reason="DriftWarned")), 3600),
+        ("the last check did not end in sync", state(condition=None), 3600),
+        ("a write is unfinished", state(inventory=unfinished), 3600),
+        ("no full read is recorded", state(last_full_read_at=None), 3600),
+        ("a full read is due", state(last_full_read_at=now - dt.timedelta(hours=1)), 3600),
+    ]:
+        assert s.may_check_by_events("a" * 40, now, interval) == why

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 import httpx
@@ -25,15 +26,19 @@ from prefect.client.schemas.filters import (
     WorkPoolFilterName,
 )
 from prefect.client.schemas.sorting import DeploymentSort, FlowSort
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventOrder
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from prefect_gitops.adapters import state_store
+from prefect_gitops.drift_events import CHANGE_EVENTS, ChangeEvent
 from prefect_gitops.errors import PermanentError, TransientError
 from prefect_gitops.plan import ActualState, Change, DeploymentActual, PoolActual, QueueActual
 from prefect_gitops.plan import deployment_job_variables_after, pool_template_after
 from prefect_gitops.state import EnvironmentState
 
 PAGE = 200  # the server's cap on one read
+EVENT_PAGE = 50  # the server's cap on one page of events
+MAX_EVENT_PAGES = 20  # more change events than this since the last check: read the targets instead
 T = TypeVar("T")
 
 
@@ -131,6 +136,23 @@ class PrefectAPI:
                                              job_variables=dict(d.job_variables or {}), tags=tuple(d.tags or ()))
         return out
 
+    async def read_change_events(self, since: dt.datetime) -> list[ChangeEvent] | None:
+        """Creations, changes and deletions of deployments, work pools and work queues since `since`,
+        oldest first; None when there are too many to be worth it (read the targets instead)."""
+        flt = EventFilter(
+            # `until` defaults to this machine's "now": leave room for a server clock that runs ahead
+            occurred=EventOccurredFilter(since=since, until=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)),
+            event=EventNameFilter(name=CHANGE_EVENTS), order=EventOrder.ASC)
+        events: list[ChangeEvent] = []
+        async with api_errors("reading the event log"):
+            page = await self.client.read_events(filter=flt, limit=EVENT_PAGE)
+            for _ in range(MAX_EVENT_PAGES):
+                events.extend(_change_event(e) for e in page.events)
+                if not page.next_page:
+                    return events
+                page = await self.client.read_events_page(page.next_page)
+        return None
+
     # -- writes -------------------------------------------------------------------------------
 
     async def write_work_pool(self, pool: PoolActual, changes: list[Change]) -> None:
@@ -168,6 +190,20 @@ class PrefectAPI:
     async def write_state(self, state: EnvironmentState, handle: Any) -> Any:
         async with api_errors(f"recording the state of {state.environment!r}"):
             return await state_store.write_state(self.client, state, handle)
+
+
+def _change_event(event) -> ChangeEvent:
+    _, kind, action = event.event.split(".", 2)
+    name = event.resource.get("prefect.resource.name")
+    # deployments are known by "<flow>/<deployment>" and queues by "<pool>/<queue>": the event
+    # names the flow or the pool as a related resource
+    parent_role = {"deployment": "flow", "work-queue": "work-pool"}.get(kind)
+    if parent_role is not None and name is not None:
+        parent = next((r.get("prefect.resource.name") for r in event.related if r.role == parent_role), None)
+        name = f"{parent}/{name}" if parent else None
+    updates = event.payload.get("updates") if isinstance(event.payload, dict) else None
+    return ChangeEvent(target_type=kind.replace("-", "_"), target=name, action=action, occurred=event.occurred,
+                       updates=updates if isinstance(updates, dict) else {})
 
 
 async def read_together(*reads: Awaitable[Any]) -> list[Any]:
