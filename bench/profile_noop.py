@@ -1,4 +1,4 @@
-"""Where a full-check no-op reconcile spends its time, step by step (benchmark only).
+"""Where a full-read no-op reconcile (full_check=True: every target read) spends its time, step by step (benchmark only).
 
     .venv/bin/python bench/profile_noop.py [--n 1000] [--reps 5]
 

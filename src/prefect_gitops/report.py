@@ -42,6 +42,8 @@ def markdown(result: ReconcileResult) -> str:
         lines.append(f"**File:** `{result.file}`  ")
     if result.flow_run_id:
         lines.append(f"**Flow run:** `{result.flow_run_id}`  ")
+    if result.drift_check:
+        lines.append(f"**Drift check:** {_md(result.drift_check)}  ")
     if result.message:
         lines.append(f"**Message:** {_md(result.message)}")
     lines.append("")
@@ -129,6 +131,10 @@ def text(result: ReconcileResult) -> str:
     return "\n".join(lines)
 
 
+def _when(at) -> str:
+    return "-" if at is None else f"{at:%Y-%m-%d %H:%M:%S}"
+
+
 def status_text(state: EnvironmentState) -> str:
     c = state.condition
     lines = [
@@ -139,6 +145,8 @@ def status_text(state: EnvironmentState) -> str:
         f"ready:                    {'-' if c is None else ('yes' if c.ready else 'no')}"
         + (f" ({c.reason}: {c.message})" if c else ""),
         f"managed keys:             {state.inventory.count()}",
+        f"last drift check:         {_when(state.last_drift_check_at)} (every target last read "
+        f"{_when(state.last_full_read_at)})",
         "suspended:                " + ("no" if state.suspended is None else
             f"yes since {state.suspended.at:%Y-%m-%d %H:%M:%S} ({state.suspended.reason or 'no reason given'})"),
         "rolled back:              " + ("no" if state.rolled_back is None else

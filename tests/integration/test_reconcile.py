@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from helpers import (
@@ -17,7 +19,9 @@ from helpers import (
     uid,
     cli,
     read_artifacts,
+    read_deployment,
     read_events,
+    wait_for_change_event,
 )
 
 
@@ -134,9 +138,14 @@ def test_drift_warn_reports_without_writing(estate):
     e = estate
     e["repo"].commit_env(e["env"], desired(e, drift={"mode": "warn", "check_interval_seconds": 0}))
     cli_json("apply", *flags(e))
+    edited = dt.datetime.now(dt.timezone.utc)
     set_deployment_job_variables(e["daily"], {"image": "registry.example.com/flows:hotfix"})
+    # Git unchanged and the last check in sync: the check asks the event log, where the edit shows
+    # once the server has persisted its event (here the estate's creation, just before, shows too)
+    wait_for_change_event("prefect.deployment.updated", f"prefect.deployment.{read_deployment(e['daily']).id}", edited)
 
     code, result = cli_json("apply", *flags(e))
+    assert result["drift_check"].startswith("full read: ")
     assert result["status"] == "drift-warned" and result["applied"] == 0
     # both edits (image changed, env dropped) are drift: reported, not corrected
     assert {(c["key"], c["reason"], c["apply"]) for c in result["changes"]} == {

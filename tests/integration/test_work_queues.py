@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from helpers import (
     create_pool,
     run,
     uid,
+    wait_for_change_event,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,9 +50,14 @@ def test_work_queues_are_created_kept_and_drift_corrected(tmp_path):
     async def edit(client):
         q = await client.read_work_queue_by_name("critical", work_pool_name=pool)
         await client.update_work_queue(q.id, concurrency_limit=50)
+        return q.id
 
-    run(_with_client(edit))
+    edited = dt.datetime.now(dt.timezone.utc)
+    queue_id = run(_with_client(edit))
+    # the drift check asks the event log first: the edit shows there once the server persisted it
+    wait_for_change_event("prefect.work-queue.updated", f"prefect.work-queue.{queue_id}", edited)
     code, report = cli_json("apply", "--source", repo.url, "--env", env)
+    assert report["drift_check"].startswith("full read: "), report
     assert [(c["target"], c["key"], c["reason"]) for c in report["changes"]] == [(f"{pool}/critical", "concurrency_limit", "drift")]
     assert queues(pool)["critical"][1] == 5
 
