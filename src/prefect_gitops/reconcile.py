@@ -236,24 +236,35 @@ async def _check_event_log(request: ReconcileRequest, api: PrefectAPI, spec: Env
     why_not = state.may_check_by_events(revision, now, spec.drift.full_read_interval_seconds)
     if why_not is None:
         checked_until = covered_after_event_check(state.drift_checked_until, utcnow())
-        try:
-            events = await api.read_change_events(state.drift_checked_until)
-        except GitOpsError as exc:
-            events, why_not = None, f"the event log could not be read ({exc})"
-        else:
-            why_not = "more change events than are worth reading one by one" if events is None else None
-        if events is not None:
-            names = _actual_names(spec, state)
-            watched = Watched(work_pools=frozenset(names["pool_names"] | names["queue_pools"]),
-                              deployments=frozenset(names["deployment_names"]),
-                              queue_pools=frozenset(names["queue_pools"]))
-            reasons = reasons_to_read(events, watched, state.inventory)
-            if not reasons:
-                result.drift_check = "event log"
-                return checked_until
-            why_not = reasons[0] + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else "")
+        why_not = await _reason_in_event_log(api, spec, state)
+        if why_not is None:
+            result.drift_check = "event log"
+            return checked_until
     result.drift_check = f"full read: {why_not}"
     return None
+
+
+EVENTS_AT_LEAST = 200  # change events worth reading however few the targets
+
+
+async def _reason_in_event_log(api: PrefectAPI, spec: EnvironmentFile, state: EnvironmentState) -> str | None:
+    """What the event log holds since the last check that may concern a managed value (None: nothing)."""
+    names = _actual_names(spec, state)
+    # a page of 50 events costs about what a page of 200 deployments does: past a quarter as many
+    # events as targets, reading the targets is cheaper
+    at_most = max(EVENTS_AT_LEAST, len(names["deployment_names"]) // 4)
+    try:
+        events = await api.read_change_events(state.drift_checked_until, at_most)
+    except GitOpsError as exc:  # the log is an optimisation: without it, read everything
+        return f"the event log could not be read ({exc})"
+    if events is None:
+        return f"more than {at_most} change events since the last check: reading every target is cheaper"
+    watched = Watched(work_pools=frozenset(names["pool_names"] | names["queue_pools"]),
+                      deployments=frozenset(names["deployment_names"]), queue_pools=frozenset(names["queue_pools"]))
+    reasons = reasons_to_read(events, watched, state.inventory)
+    if not reasons:
+        return None
+    return reasons[0] + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else "")
 
 
 async def _record_quiet_check(api: PrefectAPI, state: EnvironmentState, handle, checked_until: dt.datetime,

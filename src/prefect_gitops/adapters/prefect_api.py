@@ -38,7 +38,6 @@ from prefect_gitops.state import EnvironmentState
 
 PAGE = 200  # the server's cap on one read
 EVENT_PAGE = 50  # the server's cap on one page of events
-MAX_EVENT_PAGES = 20  # more change events than this since the last check: read the targets instead
 T = TypeVar("T")
 
 
@@ -136,9 +135,9 @@ class PrefectAPI:
                                              job_variables=dict(d.job_variables or {}), tags=tuple(d.tags or ()))
         return out
 
-    async def read_change_events(self, since: dt.datetime) -> list[ChangeEvent] | None:
+    async def read_change_events(self, since: dt.datetime, at_most: int) -> list[ChangeEvent] | None:
         """Creations, changes and deletions of deployments, work pools and work queues since `since`,
-        oldest first; None when there are too many to be worth it (read the targets instead)."""
+        oldest first; None when there are more than `at_most`."""
         flt = EventFilter(
             # `until` defaults to this machine's "now": leave room for a server clock that runs ahead
             occurred=EventOccurredFilter(since=since, until=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)),
@@ -146,12 +145,13 @@ class PrefectAPI:
         events: list[ChangeEvent] = []
         async with api_errors("reading the event log"):
             page = await self.client.read_events(filter=flt, limit=EVENT_PAGE)
-            for _ in range(MAX_EVENT_PAGES):
+            if page.total > at_most:
+                return None
+            while True:
                 events.extend(_change_event(e) for e in page.events)
-                if not page.next_page:
+                if not page.next_page or len(events) >= page.total:
                     return events
                 page = await self.client.read_events_page(page.next_page)
-        return None
 
     # -- writes -------------------------------------------------------------------------------
 
