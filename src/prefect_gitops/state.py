@@ -104,8 +104,8 @@ class EnvironmentState(BaseModel):
     last_full_read_at: dt.datetime | None = Field(
         default=None, description="When a drift check last read every target (not just the event log).")
     drift_checked_until: dt.datetime | None = Field(
-        default=None, description="Changes made before this are reflected in the condition; a drift check "
-        "asks the event log for what happened since (minus an overlap).")
+        default=None, description="Changes that occurred before this are reflected in the condition; a "
+        "drift check asks the event log for those since (drift_events.py says how far each check covers).")
     condition: Condition | None = None
     rolled_back: RolledBack | None = None
     suspended: Suspension | None = None
@@ -122,8 +122,10 @@ class EnvironmentState(BaseModel):
         """None if a drift check may ask the event log instead of reading every target, else why not."""
         if full_read_interval <= 0:
             return "drift.full_read_interval_seconds is 0"
-        if revision != self.last_applied_revision or self.rolled_back is not None or self.suspended is not None:
+        if revision != self.last_applied_revision:
             return "the revision is not the one applied"
+        if self.rolled_back is not None or self.suspended is not None:
+            return "the environment is rolled back or suspended"
         if self.condition is None or not self.condition.ready:
             return "the last check did not end in sync"
         if self.has_unfinished_writes():

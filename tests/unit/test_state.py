@@ -75,9 +75,9 @@ def test_a_drift_check_asks_the_event_log_only_after_a_check_that_ended_in_sync(
     for why, s, interval in [
         ("drift.full_read_interval_seconds is 0", state(), 0),
         ("the revision is not the one applied", state(last_applied_revision="b" * 40), 3600),
-        ("the revision is not the one applied", state(rolled_back=RolledBack(
+        ("the environment is rolled back or suspended", state(rolled_back=RolledBack(
             from_revision="a" * 40, to_revision=None, reason="manual")), 3600),
-        ("the revision is not the one applied", state(suspended=Suspension()), 3600),
+        ("the environment is rolled back or suspended", state(suspended=Suspension()), 3600),
         ("the last check did not end in sync", state(condition=Condition(ready=False, reason="DriftWarned")), 3600),
         ("the last check did not end in sync", state(condition=None), 3600),
         ("a write is unfinished", state(inventory=unfinished), 3600),
