@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
+from prefect.client.schemas.objects import StateType
 
 from control_plane import REPO_ROOT, TEST_IMAGE, ControlPlane
-from helpers import _with_client, deployment_job_variables, read_state, run
+from helpers import _with_client, deployment_job_variables, flow_runs_of, read_state, run
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +107,11 @@ def test_trigger_exit_codes(control_plane):
     timed_out = trigger("--wait", "--timeout", "0")
     assert timed_out.returncode == 124 and "still" in timed_out.stderr
     assert trigger("--deployment", "gitops-reconcile/no-such").returncode == 1
+
+    # the run the CLI stopped waiting for still runs on the worker: let it end before this control
+    # plane stops, or it holds the deployment's one slot (concurrency_limit: 1) for the next test's
+    deadline = time.monotonic() + 120
+    while unfinished := [r.name for r in flow_runs_of("gitops-reconcile/reconcile-qa") if not r.state.is_final()
+                         and (r.state_type != StateType.SCHEDULED or r.expected_start_time <= _now())]:
+        assert time.monotonic() < deadline, f"runs still unfinished: {unfinished}"
+        time.sleep(1)
