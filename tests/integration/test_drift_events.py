@@ -25,12 +25,9 @@ from helpers import (
 )
 
 from prefect_gitops.drift_events import SKEW, covered_after_event_check
+from prefect_gitops.state import utcnow
 
 IMAGE = "registry.example.com/flows:1.4.3"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def _pool_id(name: str) -> str:
@@ -54,7 +51,7 @@ def _setup(tmp_path, **drift):
                           "work_pools": {pool: {"job_variables": {"image": "registry.example.com/flows:1.4.2"}}},
                           "deployments": {daily: {"job_variables": {"image": IMAGE}}}})
     flags = ("--source", repo.url, "--env", env)
-    started = _now()
+    started = utcnow()
     code, report = cli_json("apply", *flags)
     assert report["status"] == "applied" and report["drift_check"] is None  # a new revision, not a drift check
     return env, pool, daily, flags, started
@@ -75,7 +72,7 @@ def test_own_writes_and_unmanaged_changes_are_not_drift_and_nothing_is_read(tmp_
     assert state.condition.ready and "event log" in state.condition.message
 
     # a job variable Git does not manage, changed in the UI: not drift, still nothing read
-    edited = _now()
+    edited = utcnow()
     set_deployment_job_variables(daily, {"namespace": "jobs", "image": IMAGE, "cpu_request": "2"})
     wait_for_change_event("prefect.deployment.updated", deployment_id, since=edited)
     code, report = cli_json("apply", *flags)
@@ -92,7 +89,7 @@ def test_a_managed_change_in_the_event_log_is_read_and_corrected(tmp_path):
     env, pool, daily, flags, started = _setup(tmp_path)
     deployment_id = f"prefect.deployment.{read_deployment(daily).id}"
 
-    edited = _now()
+    edited = utcnow()
     set_deployment_job_variables(daily, {"namespace": "jobs", "image": "registry.example.com/flows:hotfix"})
     wait_for_change_event("prefect.deployment.updated", deployment_id, since=edited)
     code, report = cli_json("apply", *flags)
@@ -102,7 +99,7 @@ def test_a_managed_change_in_the_event_log_is_read_and_corrected(tmp_path):
     assert deployment_job_variables(daily)["image"] == IMAGE
 
     # the pool's default, edited in the UI
-    edited = _now()
+    edited = utcnow()
     set_pool_default(pool, "image", "registry.example.com/flows:ui-edit")
     wait_for_change_event("prefect.work-pool.updated", f"prefect.work-pool.{_pool_id(pool)}", since=edited)
     code, report = cli_json("apply", *flags)
@@ -123,11 +120,11 @@ def test_a_quiet_check_leaves_the_persister_s_lag_to_the_next_one(tmp_path):
 
     # a change that occurred inside that window (its event persisted late) is found by the next check
     deployment_id = f"prefect.deployment.{read_deployment(daily).id}"
-    edited = _now()
+    edited = utcnow()
     set_deployment_job_variables(daily, {"namespace": "jobs", "image": "registry.example.com/flows:hotfix"})
     wait_for_change_event("prefect.deployment.updated", deployment_id, since=edited)
     state, handle = read_state(env)
-    state.drift_checked_until = covered_after_event_check(state.drift_checked_until, _now())  # as a check right after
+    state.drift_checked_until = covered_after_event_check(state.drift_checked_until, utcnow())  # as a check right after
     write_state(state, handle)
     code, report = cli_json("apply", *flags)
     assert report["drift_check"] == f"full read: deployment {daily!r}: image changed", report
@@ -137,7 +134,7 @@ def test_a_quiet_check_leaves_the_persister_s_lag_to_the_next_one(tmp_path):
 def test_every_target_is_read_once_the_full_read_interval_has_passed(tmp_path):
     env, pool, daily, flags, started = _setup(tmp_path, full_read_interval_seconds=3600)
     state, handle = read_state(env)
-    state.last_full_read_at = _now() - dt.timedelta(hours=2)
+    state.last_full_read_at = utcnow() - dt.timedelta(hours=2)
     write_state(state, handle)
     code, report = cli_json("apply", *flags)
     assert report["status"] == "in-sync" and report["drift_check"] == "full read: a full read is due", report

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import subprocess
 import sys
@@ -14,10 +13,7 @@ from prefect.client.schemas.objects import StateType
 
 from control_plane import REPO_ROOT, TEST_IMAGE, ControlPlane
 from helpers import _with_client, deployment_job_variables, flow_runs_of, read_state, run
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+from prefect_gitops.state import utcnow
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +108,6 @@ def test_trigger_exit_codes(control_plane):
     # plane stops, or it holds the deployment's one slot (concurrency_limit: 1) for the next test's
     deadline = time.monotonic() + 120
     while unfinished := [r.name for r in flow_runs_of("gitops-reconcile/reconcile-qa") if not r.state.is_final()
-                         and (r.state_type != StateType.SCHEDULED or r.expected_start_time <= _now())]:
+                         and (r.state_type != StateType.SCHEDULED or r.expected_start_time <= utcnow())]:
         assert time.monotonic() < deadline, f"runs still unfinished: {unfinished}"
         time.sleep(1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
 
 from helpers import (
@@ -23,6 +21,7 @@ from helpers import (
     read_events,
     wait_for_change_event,
 )
+from prefect_gitops.state import utcnow
 
 
 @pytest.fixture
@@ -138,7 +137,7 @@ def test_drift_warn_reports_without_writing(estate):
     e = estate
     e["repo"].commit_env(e["env"], desired(e, drift={"mode": "warn", "check_interval_seconds": 0}))
     cli_json("apply", *flags(e))
-    edited = dt.datetime.now(dt.timezone.utc)
+    edited = utcnow()
     set_deployment_job_variables(e["daily"], {"image": "registry.example.com/flows:hotfix"})
     # Git unchanged and the last check in sync: the check asks the event log, where the edit shows
     # once the server has persisted its event (here the estate's creation, just before, shows too)

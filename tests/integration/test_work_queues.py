@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from helpers import (
     uid,
     wait_for_change_event,
 )
+from prefect_gitops.state import utcnow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def test_work_queues_are_created_kept_and_drift_corrected(tmp_path):
         await client.update_work_queue(q.id, concurrency_limit=50)
         return q.id
 
-    edited = dt.datetime.now(dt.timezone.utc)
+    edited = utcnow()
     queue_id = run(_with_client(edit))
     # the drift check asks the event log first: the edit shows there once the server persisted it
     wait_for_change_event("prefect.work-queue.updated", f"prefect.work-queue.{queue_id}", edited)
