@@ -111,15 +111,14 @@ def _reason(target_type: TargetType, target: str | None, events: list[ChangeEven
     # for them, so a priority set anywhere in the pool is a reason to read
     if any("priority" in e.updates or "name" in e.updates for e in events):
         return f"{what}: priority or name changed"
-    current: dict[str, Any] = {}
-    for key in ("concurrency_limit",):
-        latest = _latest_value(events, key)
-        if latest is not _NONE:
-            current[key] = latest
+    values: dict[str, Any] = {}  # the managed fields the events say something about
+    limit = _latest_value(events, "concurrency_limit")
+    if limit is not _NONE:
+        values["concurrency_limit"] = limit
     statuses = [e.action for e in events if e.action in ("paused", "ready", "not-ready")]
     if statuses:
-        current["paused"] = statuses[-1] == "paused"
-    return _mismatch(what, {k: v for k, v in managed.items() if k in current}, current)
+        values["paused"] = statuses[-1] == "paused"
+    return _mismatch(what, {k: v for k, v in managed.items() if k in values}, values)
 
 
 _NONE = object()
