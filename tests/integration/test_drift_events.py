@@ -9,11 +9,13 @@ import time
 from helpers import (
     GitRepo,
     _with_client,
+    cli,
     cli_json,
     create_deployment,
     create_pool,
     deployment_job_variables,
     pool_default,
+    read_artifacts,
     read_deployment,
     read_state,
     run,
@@ -70,6 +72,10 @@ def test_own_writes_and_unmanaged_changes_are_not_drift_and_nothing_is_read(tmp_
     assert state.last_full_read_at == applied_state.last_full_read_at  # no full read was recorded
     assert state.last_drift_check_at > applied_state.last_drift_check_at
     assert state.condition.ready and "event log" in state.condition.message
+    # what `status` and the run's artifact say about it
+    assert (f"last drift check:         {state.last_drift_check_at:%Y-%m-%d %H:%M:%S} (every target last read "
+            f"{state.last_full_read_at:%Y-%m-%d %H:%M:%S})") in cli("status", "--env", env).stdout
+    assert "**Drift check:** event log" in read_artifacts(f"gitops-{env}")[0].data
 
     # a job variable Git does not manage, changed in the UI: not drift, still nothing read
     edited = utcnow()

@@ -24,8 +24,9 @@ def test_secrets_are_secret_strings():
 def test_defaults_blocks_fill_what_files_leave_out():
     from prefect_gitops.loader import parse_environment
 
-    defaults = GitOpsRolloutDefaults(drift_mode="warn", max_parallel=2).as_file_defaults()
+    defaults = GitOpsRolloutDefaults(drift_mode="warn", max_parallel=2, drift_full_read_interval_seconds=600).as_file_defaults()
     defaults.update(GitOpsSmokeTestDefaults(policy={"kind": "process", "process": {"command": ["true"]}}).as_file_defaults())
     loaded = parse_environment("drift: {check_interval_seconds: 5}\n", file="f.yaml", name="qa", defaults=defaults)
     assert loaded.spec.drift.mode == "warn" and loaded.spec.drift.check_interval_seconds == 5  # the file wins
+    assert loaded.spec.drift.full_read_interval_seconds == 600
     assert loaded.spec.rollout.max_parallel == 2 and loaded.spec.smoke_test.kind == "process"
