@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import arun_deployment
@@ -28,7 +31,9 @@ async def run_canary(client, test_id: str, deployment: str, parameters: dict, ti
     detail = {"flow_run_id": str(flow_run.id), "deployment": deployment}
     logger.info("%s run %s of %s: %s", purpose, flow_run.id, deployment, flow_run.state_name)
     state = flow_run.state
-    log = await _log_tail(client, flow_run.id)
+    # the reason a run failed is in its logs, which reach the server a moment after its final state
+    ended_badly = state is not None and state.is_final() and state.type != StateType.COMPLETED
+    log = await _log_tail(client, flow_run.id, settle_seconds=10 if ended_badly else 0)
     if state is not None and state.type == StateType.COMPLETED:
         return SmokeResult(test_id, True, "passed", f"run {flow_run.name} completed", log, detail)
     if state is None or not state.is_final():
@@ -39,10 +44,15 @@ async def run_canary(client, test_id: str, deployment: str, parameters: dict, ti
                        log, detail)
 
 
-async def _log_tail(client, flow_run_id) -> str:
-    try:
-        logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-                                      limit=200)
-    except Exception:
-        return ""
-    return tail("\n".join(log.message for log in logs))
+async def _log_tail(client, flow_run_id, settle_seconds: float = 0) -> str:
+    """The run's last log lines; while there are none yet, look again for up to `settle_seconds`."""
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        try:
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                          limit=200)
+        except Exception:
+            return ""
+        if logs or time.monotonic() >= deadline:
+            return tail("\n".join(log.message for log in logs))
+        await asyncio.sleep(0.5)
