@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,12 +53,6 @@ deployments:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _local_server():
     """A throwaway Prefect server (SQLite in a temporary home) unless PREFECT_API_URL is set."""
@@ -68,35 +60,17 @@ def _local_server():
         print(f"using the Prefect server at {os.environ['PREFECT_API_URL']}")
         yield None
         return
-    home = tempfile.mkdtemp(prefix="prefect-gitops-demo-")
-    port = _free_port()
-    os.environ.update(
-        PREFECT_HOME=home, PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_UI_URL=f"http://127.0.0.1:{port}",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
-    )
-    log = open(Path(home) / "server.log", "w")
-    print(f"starting a local Prefect server on 127.0.0.1:{port} (home {home}) ...")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        import httpx
+    from prefect_gitops.local_server import free_port, running_server, server_env
 
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{os.environ['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server did not start; see {home}/server.log")
-            time.sleep(0.5)
-        yield proc
-    finally:
-        _flush_to_api()
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-        log.close()
+    home = tempfile.mkdtemp(prefix="prefect-gitops-demo-")
+    port = free_port()
+    os.environ.update(server_env(home, port))
+    print(f"starting a local Prefect server on 127.0.0.1:{port} (home {home}) ...")
+    with running_server(Path(home), port) as proc:
+        try:
+            yield proc
+        finally:
+            _flush_to_api()
 
 
 def _flush_to_api() -> None:
@@ -205,7 +179,11 @@ def _show(title: str, report: dict) -> None:
 
 def run_demo(keep: bool = False) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own summary
-    with _local_server(), tempfile.TemporaryDirectory(prefix="prefect-gitops-demo-repo-") as tmp:
+    with _local_server() as server, tempfile.TemporaryDirectory(prefix="prefect-gitops-demo-repo-") as tmp:
+        if server is not None:  # our own server: prove its scheduler works, or reconciles never fire on a schedule
+            from prefect_gitops.local_server import check_scheduler
+
+            print(f"its scheduler works: an hourly deployment got {asyncio.run(check_scheduler())} scheduled runs")
         asyncio.run(_create_estate())
         repo = _make_repo(Path(tmp))
         print(f"sample GitOps repo: {repo}")
