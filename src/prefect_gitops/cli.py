@@ -238,8 +238,6 @@ def trigger(env: str = ENV,
     Exit 0: started (or, with --wait, completed); 1: failed, crashed or cancelled; 3: another rollout
     of ENV was in progress; 124: still running when --timeout passed (the run goes on).
     """
-    import time
-
     from prefect import get_client
     from prefect.deployments import arun_deployment
 
@@ -251,12 +249,18 @@ def trigger(env: str = ENV,
         parameters["dry_run"] = True
 
     async def run() -> int:
+        from prefect.exceptions import ObjectNotFound
+
         async with get_client() as client:
             try:
                 flow_run = await arun_deployment(name=name, client=client, parameters=parameters, timeout=0,
                                                  as_subflow=False, tags=["prefect-gitops-trigger"])
+            except ObjectNotFound:
+                sys.stderr.write(f"cannot start {name}: no such deployment on this Prefect server; "
+                                 f"{await _reconcile_deployments(client)}\n")
+                return EXIT_FAILED
             except Exception as exc:
-                sys.stderr.write(f"cannot start {name}: {exc}\n")
+                sys.stderr.write(f"cannot start {name}: {str(exc) or type(exc).__name__}\n")
                 return EXIT_FAILED
             sys.stdout.write(f"started {name}: flow run {flow_run.name} ({flow_run.id})\n")
             ui = _ui_url(str(flow_run.id))
@@ -265,41 +269,82 @@ def trigger(env: str = ENV,
             sys.stdout.flush()
             if not wait:
                 return EXIT_OK
-            deadline = time.monotonic() + timeout
-            last = None
-            while True:
-                current = await client.read_flow_run(flow_run.id)
-                state = current.state
-                if state is not None and state.name != last:
-                    last = state.name
-                    sys.stdout.write(f"{time.strftime('%H:%M:%S')} {state.name}"
-                                     + (f": {state.message}" if state.message else "") + "\n")
-                    sys.stdout.flush()
-                if state is not None and state.is_final():
-                    if state.is_completed():
-                        return EXIT_OK
-                    return EXIT_BUSY if state.name == "Busy" else EXIT_FAILED
-                if time.monotonic() > deadline:
-                    sys.stderr.write(f"timed out after {timeout:.0f}s; flow run {flow_run.id} is still "
-                                     f"{state.name if state else 'unknown'} and goes on\n")
-                    return EXIT_TIMEOUT
-                await asyncio.sleep(2)
+            return await _follow(client, flow_run.id, timeout)
 
     raise typer.Exit(asyncio.run(run()))
+
+
+async def _reconcile_deployments(client) -> str:
+    """Which reconcile deployments this server has, for a trigger that named one it lacks."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    deployments = await client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["gitops-reconcile"])))
+    names = sorted(f"gitops-reconcile/{d.name}" for d in deployments)
+    return ("the reconcile deployments here are: " + ", ".join(names) if names
+            else "no gitops-reconcile deployment exists here (deploy prefect.yaml first)")
+
+
+async def _follow(client, flow_run_id, timeout: float) -> int:
+    """Print every state the run goes through, from its state history (a short run can pass through
+    Running between two polls), until it ends or `timeout` passes."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    shown: set = set()
+    while True:
+        states = sorted(await client.read_flow_run_states(flow_run_id), key=lambda s: s.timestamp)
+        for state in states:
+            if state.id not in shown:
+                shown.add(state.id)
+                sys.stdout.write(f"{state.timestamp:%H:%M:%S} {state.name}"
+                                 + (f": {state.message}" if state.message else "") + "\n")
+                sys.stdout.flush()
+        last = states[-1] if states else None
+        if last is not None and last.is_final():
+            if last.is_completed():
+                return EXIT_OK
+            return EXIT_BUSY if last.name == "Busy" else EXIT_FAILED
+        if time.monotonic() > deadline:
+            sys.stderr.write(f"timed out after {timeout:.0f}s; flow run {flow_run_id} is still "
+                             f"{last.name if last else 'unknown'} and goes on\n")
+            return EXIT_TIMEOUT
+        await asyncio.sleep(1)
 
 
 @app.command("prefect-file")
 def prefect_file(image: str = typer.Option(..., "--image", help="The control image CI built and pushed."),
                  output: str = typer.Option(..., "--output", help="Where to write the prefect file."),
                  source: str = typer.Option("prefect.yaml", "--source", help="The project's prefect.yaml."),
-                 workdir: Optional[str] = typer.Option(None, "--workdir", help="Override the pull step's directory.")) -> None:
+                 workdir: Optional[str] = typer.Option(None, "--workdir", help="Override the pull step's directory."),
+                 schedule_interval: Optional[int] = typer.Option(
+                     None, "--schedule-interval", min=1,
+                     help="Seconds between scheduled reconciles (default: prefect.yaml's, 300).")) -> None:
     """Write prefect.yaml without its build/push steps, for `prefect deploy --prefect-file` of a prebuilt image."""
     from pathlib import Path
 
     from prefect_gitops.prefect_file import write_prebuilt
 
-    data = write_prebuilt(Path(source), image, Path(output), workdir)
+    data = write_prebuilt(Path(source), image, Path(output), workdir, schedule_interval)
     sys.stdout.write(f"wrote {output}: {len(data.get('deployments', []))} deployment(s) using {image}\n")
+
+
+@app.command("wait-for-server")
+def wait_for_server(timeout: float = typer.Option(120, "--timeout", help="Seconds to wait.")) -> None:
+    """Wait until the Prefect API at PREFECT_API_URL answers its health check (after `prefect server start &`)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from prefect_gitops.local_server import wait_healthy
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        sys.stderr.write("PREFECT_API_URL is not set: which server should I wait for?\n")
+        raise typer.Exit(1)
+    try:
+        wait_healthy(url.rstrip("/"), timeout=timeout)
+    except RuntimeError as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise typer.Exit(1)
+    sys.stdout.write(f"the Prefect API at {url} is up\n")
 
 
 @app.command()

@@ -122,14 +122,23 @@ async def rollback(
 async def promote(
     from_environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "From environment", description="Whose applied images to promote (e.g. qa)."),
     to_environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "To environment", description="Whose file in the GitOps repo gets them (e.g. prod)."),
-    source_url: str = param(..., "GitOps repository URL", description="The repository to commit to (push access needed)."),
-    branch: str = param("main", "Branch", description="Branch to commit the promotion to."),
-    path: str = param("environments", "Environments folder", description="Folder of the environment files inside the repo."),
+    source_block: str | None = param(None, "GitOps Source block", description="Name of a saved GitOps Source block: the repository (and its branch and folder) to commit to. The fields below override it when set."),
+    source_url: str | None = param(None, "GitOps repository URL", description="The repository to commit to (push access needed)."),
+    branch: str | None = param(None, "Branch", description="Branch to commit the promotion to (default: the block's ref, else main)."),
+    path: str | None = param(None, "Environments folder", description="Folder of the environment files inside the repo (default: the block's, else environments)."),
 ) -> dict[str, Any]:
     from prefect_gitops.adapters.git_write import GitWriter
     from prefect_gitops.promote import promote as run_promote
 
     logger = get_run_logger()
+    block = await _load_block("GitOpsSource", source_block) if source_block else None
+    source_url = source_url or (block.url if block else None)
+    branch = branch or (block.ref if block else "main")
+    path = path or (block.path if block else "environments")
+    if not source_url:
+        message = "give source_url or source_block: which GitOps repo should the promotion commit to?"
+        return Failed(message=message, data={"status": "failed", "message": message, "environment": to_environment,
+                                             "errors": [{"message": message}], "changes": [], "applied": 0})
     async with get_client() as client:
         state, handle = await PrefectAPI(client).read_state(from_environment, history=False)
     if handle is None:

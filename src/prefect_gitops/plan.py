@@ -248,8 +248,8 @@ def _check_key(result: Plan, path: tuple[str, ...], pool: PoolActual, key: str, 
     if key not in pool.properties:
         declared = ", ".join(sorted(pool.properties)) or "none"
         result.problems.append(PlanProblem(
-            path, f"job variable {key!r} of {owner} is not declared by work pool {pool.name!r}'s "
-                  f"base job template (declared: {declared})"))
+            path, f"job variable {key!r} of {owner} is not declared by the base job template of "
+                  f"work pool {pool.name!r} (declared: {declared})"))
         return
     message = _schema_violation(pool, key, value, validators)
     if message:

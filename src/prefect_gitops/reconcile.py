@@ -304,9 +304,13 @@ async def _converge(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRun
     result.waves = assign_waves(the_plan.to_apply, spec, actual)
     result.smoke_tests = smoke_tests_for(the_plan.to_apply, spec, actual)
     if request.dry_run:
-        result.status = "planned"
-        result.message = (f"{len(the_plan.changes)} change(s) pending in {len(result.waves)} wave(s), "
-                          f"{len(result.smoke_tests)} smoke test(s) to run")
+        if the_plan.changes:
+            result.status = "planned"
+            result.message = (f"{len(the_plan.changes)} change(s) pending in {len(result.waves)} wave(s), "
+                              f"{len(result.smoke_tests)} smoke test(s) to run")
+        else:  # a plan with nothing in it is news too: the environment matches Git
+            result.status = "in-sync"
+            result.message = f"{len(the_plan.noops)} managed key(s) match Git (dry run: nothing was written)"
         return result
 
     # gates that hold the whole revision: suspension, sync windows, promotion

@@ -112,6 +112,8 @@ def markdown(result: ReconcileResult) -> str:
 
 def text(result: ReconcileResult) -> str:
     lines = [f"environment {result.environment} at {result.revision or 'unknown revision'}: {_OUTCOME[result.status]}"]
+    if result.status in ("planned", "in-sync") and result.message:
+        lines.append(f"  {result.message}")
     for c in result.plan.changes if result.plan else []:
         new = _value(c.new) if c.action == "set" else "(unset)"
         flag = "" if c.apply else "  (reported only)"

@@ -22,18 +22,20 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_IMAGE = "registry.example.com/prefect-gitops:test"
 
 
-def deployable_prefect_file(target: Path) -> dict:
+def deployable_prefect_file(target: Path, schedule_interval: int | None = None) -> dict:
     from prefect_gitops.prefect_file import BUILT_IMAGE, write_prebuilt
 
     raw = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     assert raw["build"] and raw["push"]  # the steps we cannot run here
     assert all(d["work_pool"]["job_variables"]["image"] == BUILT_IMAGE for d in raw["deployments"])
-    return write_prebuilt(REPO_ROOT / "prefect.yaml", TEST_IMAGE, target, workdir=str(REPO_ROOT))
+    return write_prebuilt(REPO_ROOT / "prefect.yaml", TEST_IMAGE, target, workdir=str(REPO_ROOT),
+                          schedule_interval=schedule_interval)
 
 
 class ControlPlane:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, schedule_interval: int | None = None):
         self.tmp = tmp
+        self.schedule_interval = schedule_interval
         self.pool = f"control-{uid()}"
         self.env = "qa"
         self.repo = GitRepo(tmp / "gitops")
@@ -45,24 +47,27 @@ class ControlPlane:
         # CI runs the CLI's console script by name, as the image does; the venv need not be activated
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         return {**os.environ, "PATH": path,
-                "PREFECT_GITOPS_WORK_POOL": self.pool, "PREFECT_GITOPS_REPO_URL": self.repo.url}
+                "PREFECT_GITOPS_WORK_POOL": self.pool}
 
     def start(self) -> "ControlPlane":
         from helpers import create_canary_deployment, create_canary_pool
 
         create_canary_pool(self.pool)
-        # the GitOps repo: qa keeps the control queue in the control pool and one workload deployment
+        # the GitOps repo: qa keeps the control queue in the control pool and one workload deployment;
+        # prod one workload of its own (reconcile-prod is deployed and scheduled too)
         self.workload = f"canary-target/workload-{uid()}"
-        create_canary_deployment(self.workload.split("/")[1], self.pool)
-        self.sha = self.repo.commit_env(self.env, {
-            "rollout": {"control_queue": {"work_pools": [self.pool]}},
-            "deployments": {self.workload: {"job_variables": {"image": "flows:qa-1"}}}})
+        self.prod_workload = f"canary-target/workload-prod-{uid()}"
+        for workload in (self.workload, self.prod_workload):
+            create_canary_deployment(workload.split("/")[1], self.pool)
+        self.repo.write("environments/prod.yaml", {
+            "deployments": {self.prod_workload: {"job_variables": {"image": "flows:prod-1"}}}})
+        self.sha = self.repo.commit_env(self.env, self.qa_file("flows:qa-1"))
         from prefect_gitops.blocks import GitOpsSource
 
         GitOpsSource(url=self.repo.url, ref="main").save("gitops-source", overwrite=True)
 
         prefect_file = self.tmp / "prefect.yaml"
-        deployable_prefect_file(prefect_file)
+        deployable_prefect_file(prefect_file, self.schedule_interval)
         done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
                                "--prefect-file", str(prefect_file)], cwd=REPO_ROOT, env=self.env_vars(),
                               capture_output=True, text=True, timeout=300)
@@ -71,6 +76,10 @@ class ControlPlane:
         self.worker = self._stack.enter_context(
             process_worker(self.pool, self.tmp / "worker.log", cwd=REPO_ROOT, env=self.env_vars()))
         return self
+
+    def qa_file(self, image: str) -> dict:
+        return {"rollout": {"control_queue": {"work_pools": [self.pool]}},
+                "deployments": {self.workload: {"job_variables": {"image": image}}}}
 
     def stop(self) -> None:
         self._stack.close()

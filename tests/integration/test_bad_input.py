@@ -57,7 +57,7 @@ CASES = {
   {e['daily']}:
     job_variables:
       imagee: flows:2
-""", 8, "job_variables.imagee", "not declared by work pool"),
+""", 8, "job_variables.imagee", "not declared by the base job template of work pool"),
     "value_against_template_schema": (lambda e: _good(e) + f"""deployments:
   {e['daily']}:
     job_variables:

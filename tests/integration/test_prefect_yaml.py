@@ -43,7 +43,7 @@ def test_deploy_all_creates_the_control_deployments(control_plane):
     rollback = read("gitops-rollback/rollback")
     assert rollback.schedules == [] and rollback.entrypoint == "flows/rollback.py:rollback"
     promote = read("gitops-promote/promote")
-    assert promote.parameters["source_url"] == control_plane.repo.url
+    assert promote.parameters == {"from_environment": "qa", "to_environment": "prod", "source_block": "gitops-source"}
 
 
 @pytest.mark.parametrize("name", ["gitops-reconcile/reconcile-qa", "gitops-rollback/rollback", "gitops-promote/promote"])

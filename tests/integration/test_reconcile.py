@@ -84,7 +84,9 @@ def test_plan_apply_noop_and_git_change(estate):
     assert again["applied"] == 0 and again["status"] in ("up-to-date", "in-sync")
     assert len(read_state(e["env"])[0].history) == 1
     code, planned = cli_json("plan", *flags(e), check_codes=(0,))
-    assert planned["changes"] == []
+    assert planned["changes"] == [] and planned["status"] == "in-sync"
+    shown = cli("plan", *flags(e)).stdout
+    assert "In sync" in shown and "dry run" in shown and "Planned only" not in shown
 
     # Git moves: only the changed key is applied
     sha2 = e["repo"].commit_env(e["env"], desired(e, daily_image="registry.example.com/flows:1.5.0"))

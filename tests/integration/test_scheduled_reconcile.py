@@ -1,0 +1,58 @@
+"""The scheduled path, end to end: nobody triggers anything.
+
+The control flows are deployed from the project's own prefect.yaml (through `prefect-file`, with a
+10-second schedule instead of 5 minutes), a real `prefect worker` serves the control pool, a change is
+committed to the GitOps repo, and the server's scheduler starts the reconcile that applies it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from control_plane import ControlPlane
+from helpers import _with_client, deployment_job_variables, read_deployment, read_state, run
+
+INTERVAL = 10
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory):
+    plane = ControlPlane(tmp_path_factory.mktemp("control-scheduled"), schedule_interval=INTERVAL).start()
+    yield plane
+    plane.stop()
+
+
+def read_flow_run(flow_run_id: str):
+    async def go(client):
+        return await client.read_flow_run(flow_run_id)
+
+    return run(_with_client(go))
+
+
+def test_a_commit_is_applied_by_a_scheduled_run(control_plane):
+    deployment = read_deployment("gitops-reconcile/reconcile-qa")
+    assert [s.schedule.interval.total_seconds() for s in deployment.schedules] == [INTERVAL]
+
+    sha = control_plane.repo.commit_env("qa", control_plane.qa_file("flows:qa-scheduled"))
+    deadline = time.monotonic() + 240
+    while (state := read_state("qa")[0]).last_applied_revision != sha:
+        assert time.monotonic() < deadline, (
+            f"no scheduled run applied {sha} within 240 s; qa last applied {state.last_applied_revision}\n"
+            + (control_plane.tmp / "worker.log").read_text()[-3000:])
+        time.sleep(2)
+    assert deployment_job_variables(control_plane.workload) == {"image": "flows:qa-scheduled"}
+
+    entry = next(h for h in state.history if h.revision == sha)
+    applier = read_flow_run(entry.flow_run_id)
+    assert applier.deployment_id == deployment.id
+    assert applier.auto_scheduled and "prefect-gitops-trigger" not in applier.tags  # the scheduler started it
+
+
+def test_prod_is_reconciled_on_its_schedule_too(control_plane):
+    deadline = time.monotonic() + 180
+    while read_state("prod")[0].last_applied_revision != control_plane.repo.git("rev-parse", "HEAD"):
+        assert time.monotonic() < deadline, "no scheduled run of reconcile-prod applied prod's file"
+        time.sleep(2)
+    assert deployment_job_variables(control_plane.prod_workload) == {"image": "flows:prod-1"}
