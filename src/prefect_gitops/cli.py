@@ -114,6 +114,9 @@ def _run_flow(flow_fn, output: Output, env: str, **parameters) -> None:
         return state, await state.result(raise_on_failure=False)
 
     state, outcome = asyncio.run(run())
+    from prefect_gitops.adapters.events import flush_to_api
+
+    flush_to_api()  # before the report, so Prefect's drain at exit has nothing left to warn about
     flow_run_id = str(state.state_details.flow_run_id)
     if isinstance(outcome, dict):  # the report, from a Completed or a Failed run
         report = dict(outcome)

@@ -70,19 +70,9 @@ def _local_server():
         try:
             yield proc
         finally:
-            _flush_to_api()
+            from prefect_gitops.adapters.events import flush_to_api
 
-
-def _flush_to_api() -> None:
-    """Send buffered logs and events before the server goes away."""
-    with contextlib.suppress(Exception):
-        from prefect.logging.handlers import APILogHandler
-
-        APILogHandler.flush()
-    with contextlib.suppress(Exception):
-        from prefect.events.worker import EventsWorker
-
-        EventsWorker.drain_all()
+            flush_to_api()
 
 
 def _git(repo: Path, *args: str) -> str:

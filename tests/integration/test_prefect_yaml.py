@@ -89,6 +89,8 @@ def test_the_ci_rollout_job_triggers_a_reconcile(control_plane):
     assert done.returncode == 0, done.stdout + done.stderr + (control_plane.tmp / "worker.log").read_text()[-3000:]
     assert "started gitops-reconcile/reconcile-qa" in done.stdout and "/runs/flow-run/" in done.stdout
     assert "Completed" in done.stdout
+    shown = [line.split(" ", 1)[1].split(":")[0] for line in done.stdout.splitlines() if line[:2].isdigit()]
+    assert "Running" in shown and shown.index("Running") < shown.index("Completed"), shown  # no state skipped
     state, _ = read_state("qa")
     assert state.last_applied_revision == control_plane.sha
     assert deployment_job_variables(control_plane.workload) == {"image": "flows:qa-1"}
@@ -102,7 +104,9 @@ def test_trigger_exit_codes(control_plane):
     assert trigger("--wait", "--revision", "0" * 40).returncode == 1  # a revision that does not exist: Failed
     timed_out = trigger("--wait", "--timeout", "0")
     assert timed_out.returncode == 124 and "still" in timed_out.stderr
-    assert trigger("--deployment", "gitops-reconcile/no-such").returncode == 1
+    for missing in (trigger("--deployment", "gitops-reconcile/no-such"), trigger("--env", "nosuchenv", "--wait")):
+        assert missing.returncode == 1 and "no such deployment" in missing.stderr, missing.stderr
+        assert "gitops-reconcile/reconcile-qa" in missing.stderr and "gitops-reconcile/reconcile-prod" in missing.stderr
 
     # the run the CLI stopped waiting for still runs on the worker: let it end before this control
     # plane stops, or it holds the deployment's one slot (concurrency_limit: 1) for the next test's

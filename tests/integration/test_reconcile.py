@@ -87,6 +87,8 @@ def test_plan_apply_noop_and_git_change(estate):
     assert planned["changes"] == [] and planned["status"] == "in-sync"
     shown = cli("plan", *flags(e)).stdout
     assert "In sync" in shown and "dry run" in shown and "Planned only" not in shown
+    quiet = cli("apply", *flags(e))  # the CLI ends without Prefect's "Still processing items" drain warnings
+    assert "Still processing" not in quiet.stdout + quiet.stderr and "in-sync" in quiet.stdout
 
     # Git moves: only the changed key is applied
     sha2 = e["repo"].commit_env(e["env"], desired(e, daily_image="registry.example.com/flows:1.5.0"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.events import emit_event
 
@@ -91,3 +94,24 @@ async def publish_artifact(result: ReconcileResult) -> None:
         markdown=markdown(result),
         description=f"prefect-gitops reconcile of {result.environment}: {result.status}",
     )
+
+
+def flush_to_api() -> None:
+    """Send the logs and events still buffered in this process now, before it exits or its server
+    stops. Prefect would drain them at exit anyway, warning "Still processing items" while it does:
+    that warning is noise at the end of a CLI command, so it is held back here."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    with contextlib.suppress(Exception):
+        APILogHandler.flush()
+    worker_loggers = [logging.getLogger(name) for name in ("EventsWorker", "APILogWorker")]
+    levels = [logger.level for logger in worker_loggers]
+    for logger in worker_loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.suppress(Exception):
+            EventsWorker.drain_all(timeout=30)
+    finally:
+        for logger, level in zip(worker_loggers, levels):
+            logger.setLevel(level)
