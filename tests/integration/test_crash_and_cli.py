@@ -23,44 +23,72 @@ from helpers import (
 )
 
 
+def _images_written(flow: str, image: str) -> int:
+    """How many deployments of `flow` run `image`: one filtered read, cheap enough to poll."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    from helpers import _with_client, run
+
+    async def go(client):
+        deployments = await client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])))
+        return sum((d.job_variables or {}).get("image") == image for d in deployments)
+
+    return run(_with_client(go))
+
+
 def test_reconcile_killed_mid_apply_converges(tmp_path):
     u = uid()
     env, pool, flow = f"crash{u}", f"k8s-{u}", f"etl-{u}"
     create_pool(pool, image_default="flows:0")
-    names = [f"{flow}/d{i:02d}" for i in range(24)]
+    names = [f"{flow}/d{i:02d}" for i in range(60)]
     for name in names:
         create_deployment(flow, name.split("/")[1], pool, {"namespace": "keep-me"})
     repo = GitRepo(tmp_path / "gitops")
-    doc = {"work_pools": {pool: {"job_variables": {"image": "flows:1"}}},
-           "deployments": {n: {"job_variables": {"image": "flows:1"}} for n in names}}
-    sha = repo.commit_env(env, doc)
-    args = [sys.executable, "-m", "prefect_gitops", "apply", "--source", repo.url, "--env", env, "--concurrency", "1"]
 
-    # kill the apply with SIGKILL during start-up, then mid-write. A run killed while it held the
+    def desired(image):
+        return {"work_pools": {pool: {"job_variables": {"image": image}}},
+                "deployments": {n: {"job_variables": {"image": image}} for n in names}}
+
+    # Each trial commits a new image and SIGKILLs the apply once the server shows some, not all, of its
+    # writes: the kill is placed by observed progress, not by a delay. A run killed while it held the
     # environment's lock keeps it until its lease ends (about a minute): the next apply waits for it.
-    killed_with_partial_writes = False
-    for delay in (1.0, 6.0, 7.5):
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-        time.sleep(delay)
+    mid_write_kills, sha, image = 0, None, None
+    for trial in range(1, 5):
+        image = f"flows:{trial}"
+        sha = repo.commit_env(env, desired(image))
+        proc = subprocess.Popen([sys.executable, "-m", "prefect_gitops", "apply", "--source", repo.url, "--env", env,
+                                 "--concurrency", "1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+        deadline = time.monotonic() + 180
+        while (written := _images_written(flow, image)) < 3 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the apply wrote nothing within 180 s"
+            time.sleep(0.05)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            done = sum(deployment_job_variables(n).get("image") == "flows:1" for n in names)
-            killed_with_partial_writes |= 0 < done < len(names)
+        proc.wait()
+        written = _images_written(flow, image)
         state, _ = read_state(env)
-        assert state.last_applied_revision in (None, sha)  # never claimed early
-        if state.last_applied_revision == sha:
+        last_killed_mid_write = 0 < written < len(names)
+        if last_killed_mid_write:
+            mid_write_kills += 1
+            assert state.last_applied_revision != sha  # never claimed while writes were missing
+            assert state.has_unfinished_writes()  # the attempt was recorded before the writes
+        if mid_write_kills == 2:
             break
+    assert mid_write_kills >= 1, "no kill landed between two writes"
 
     code, result = cli_json("apply", "--source", repo.url, "--env", env)
-    assert result["status"] in ("applied", "in-sync", "up-to-date")
-    assert all(deployment_job_variables(n) == {"namespace": "keep-me", "image": "flows:1"} for n in names)
-    assert pool_default(pool, "image") == "flows:1"
+    if last_killed_mid_write:  # the next run writes only what the killed one had not
+        assert result["status"] == "applied" and result["revision"] == sha
+        assert 0 < result["applied"] <= len(names) + 1 - 3
+    else:
+        assert result["status"] == "up-to-date" and result["applied"] == 0
+    assert all(deployment_job_variables(n) == {"namespace": "keep-me", "image": image} for n in names)
+    assert pool_default(pool, "image") == image
     state, _ = read_state(env)
     assert state.last_applied_revision == sha and not state.has_unfinished_writes()
     # the pool's default from before prefect-gitops survived every kill
     assert state.inventory.work_pools[pool]["image"].previous == "flows:0"
-    print(f"killed with partial writes observed: {killed_with_partial_writes}")
 
     # removing everything from Git restores and unsets exactly what was managed
     repo.commit_env(env, {})

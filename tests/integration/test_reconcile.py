@@ -81,14 +81,14 @@ def test_plan_apply_noop_and_git_change(estate):
 
     # a second apply writes nothing
     code, again = cli_json("apply", *flags(e))
-    assert again["applied"] == 0 and again["status"] in ("up-to-date", "in-sync")
+    assert again["applied"] == 0 and again["status"] == "up-to-date"  # Git unchanged, no drift check due yet
     assert len(read_state(e["env"])[0].history) == 1
     code, planned = cli_json("plan", *flags(e), check_codes=(0,))
     assert planned["changes"] == [] and planned["status"] == "in-sync"
     shown = cli("plan", *flags(e)).stdout
     assert "In sync" in shown and "dry run" in shown and "Planned only" not in shown
     quiet = cli("apply", *flags(e))  # the CLI ends without Prefect's "Still processing items" drain warnings
-    assert "Still processing" not in quiet.stdout + quiet.stderr and "in-sync" in quiet.stdout
+    assert "Still processing" not in quiet.stdout + quiet.stderr and "up-to-date" in quiet.stdout
 
     # Git moves: only the changed key is applied
     sha2 = e["repo"].commit_env(e["env"], desired(e, daily_image="registry.example.com/flows:1.5.0"))
