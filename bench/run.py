@@ -70,6 +70,8 @@ FLOWS = [f"bench-{f:02d}" for f in range(10)]
 sys.path.insert(0, str(BENCH))
 from proxy import CountingProxy  # noqa: E402
 
+from prefect_gitops.local_server import server_env, wait_healthy  # noqa: E402
+
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -132,31 +134,20 @@ class Server:
     def __init__(self, home: Path, port: int):
         self.home, self.port = home, port
         self.url = f"http://127.0.0.1:{port}/api"
-        self.env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": self.url,
-                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                    "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db"}
+        self.env = {**os.environ, **server_env(home, port)}  # the demo's and the tests' settings
         self.env.pop("PREFECT_API_KEY", None)
 
     def start(self) -> None:
-        import httpx
-
         self.home.mkdir(parents=True, exist_ok=True)
         self.log = open(self.home / "server.log", "w")
         self.proc = subprocess.Popen([PY, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                       "--port", str(self.port)], env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the Prefect server did not start:\n"
-                                   + (self.home / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
+        try:
+            wait_healthy(self.url, self.proc, log_path=self.home / "server.log")
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc.poll() is None:
