@@ -280,9 +280,19 @@ def process_worker(pool: str, log_path: Path, *args: str, cwd: Path | None = Non
     try:
         yield worker
     finally:
-        worker.terminate()
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        from prefect_gitops.local_server import stop_process
+
+        stop_process(worker)
         log.close()
+
+
+def run_reconcile_flow(**parameters) -> tuple[Any, dict]:
+    """The gitops-reconcile flow run in this process with these parameters (a real flow run, as a
+    deployment's worker would run it): its final state and its report."""
+    from prefect_gitops.flows import reconcile
+
+    async def go():
+        state = await reconcile(**parameters, return_state=True)
+        return state, await state.result(raise_on_failure=False)
+
+    return run(go())

@@ -64,13 +64,19 @@ def running_server(home: Path, port: int, env: dict[str, str] | None = None, log
         wait_healthy(env.get("PREFECT_API_URL", f"http://127.0.0.1:{port}/api"), proc, log_path=log_path)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         if log is None:
             out.close()
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM, and SIGKILL if it has not ended after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 async def check_scheduler(timeout: float = 60) -> int:
