@@ -105,4 +105,6 @@ print(defaults.policy.kind)
         default_factory=SmokeTestPolicy, description="The smoke_test policy, as in an environment file.")
 
     def as_file_defaults(self) -> dict[str, Any]:
-        return {"smoke_test": self.policy.model_dump(mode="json", exclude_unset=True, by_alias=True)}
+        # a block loaded back from the server has every field stored, the unset ones as null: a null is
+        # "not set" here, or it would override the file's values and fail validation
+        return {"smoke_test": self.policy.model_dump(mode="json", exclude_unset=True, exclude_none=True, by_alias=True)}
