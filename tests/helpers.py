@@ -289,10 +289,14 @@ def process_worker(pool: str, log_path: Path, *args: str, cwd: Path | None = Non
 def run_reconcile_flow(**parameters) -> tuple[Any, dict]:
     """The gitops-reconcile flow run in this process with these parameters (a real flow run, as a
     deployment's worker would run it): its final state and its report."""
+    from prefect_gitops.adapters.events import flush_to_api
     from prefect_gitops.flows import reconcile
 
     async def go():
         state = await reconcile(**parameters, return_state=True)
         return state, await state.result(raise_on_failure=False)
 
-    return run(go())
+    try:
+        return run(go())
+    finally:
+        flush_to_api()  # the run's logs and events reach the server now, not at exit when it is gone
