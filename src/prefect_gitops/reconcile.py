@@ -402,7 +402,9 @@ async def _roll_out_wave(request: ReconcileRequest, api: PrefectAPI, runner: Smo
         result.held.extend(held)
     inventory_before = state.inventory
     applied_before, failed_before = len(result.applied), len(result.failed)
-    handle = await _apply(api, state, handle, actual, allowed, revision, wave.max_parallel, result)
+    # both bounds hold: the wave's max_parallel (file) and the run's write concurrency (--concurrency)
+    handle = await _apply(api, state, handle, actual, allowed, revision,
+                          min(wave.max_parallel, request.concurrency), result)
     wave_applied = result.applied[applied_before:]
     wave.state = "failed" if (len(result.failed) > failed_before or len(allowed) < len(wave.changes)) else "applied"
     wave.message = f"{len(wave_applied)} of {len(wave.changes)} change(s) applied"
