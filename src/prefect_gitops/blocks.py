@@ -6,13 +6,17 @@ Secrets are SecretStr: the UI masks them and they never reach logs, artifacts or
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from prefect.blocks.core import Block
 from prefect_gitlab import GitLabCredentials
-from pydantic import Field, SecretStr
+from pydantic import Field, HttpUrl, SecretStr
 
 from prefect_gitops.model import SmokeTestPolicy
+
+if TYPE_CHECKING:  # for the annotation only: to_source() imports the Git adapter when called
+    from prefect_gitops.adapters.git import GitSource
 
 DOCS = "https://github.com/prefect-gitops/prefect-gitops#readme"
 
@@ -22,7 +26,7 @@ class GitOpsSource(Block):
 
     _block_type_name = "GitOps Source"
     _block_type_slug = "gitops-source"
-    _documentation_url = DOCS
+    _documentation_url = HttpUrl(DOCS)
     _description = "Where prefect-gitops reads the desired state of your Prefect work pools and deployments."
     _code_example = '''```python
 from prefect_gitops.blocks import GitOpsSource
@@ -44,7 +48,7 @@ print(source.url, source.ref)
         description="GitLab project (id or group/name); with gitlab_credentials.url set, each reconcile "
                     "reports its result as a commit status on the revision.")
 
-    def to_source(self, cache_dir=None):
+    def to_source(self, cache_dir: Path | None = None) -> GitSource:
         """The Git source for this block (GitLab-aware when credentials are set)."""
         from prefect_gitops.adapters.git import GitSource
 
@@ -61,7 +65,7 @@ class GitOpsRolloutDefaults(Block):
 
     _block_type_name = "GitOps Rollout Defaults"
     _block_type_slug = "gitops-rollout-defaults"
-    _documentation_url = DOCS
+    _documentation_url = HttpUrl(DOCS)
     _description = "Defaults for drift handling, locking and write parallelism; an environment file's own values win."
     _code_example = '''```python
 from prefect_gitops.blocks import GitOpsRolloutDefaults
@@ -92,7 +96,7 @@ class GitOpsSmokeTestDefaults(Block):
 
     _block_type_name = "GitOps Smoke Test Defaults"
     _block_type_slug = "gitops-smoke-test-defaults"
-    _documentation_url = DOCS
+    _documentation_url = HttpUrl(DOCS)
     _description = "How new images are proven before rollout, for every environment file that does not say."
     _code_example = '''```python
 from prefect_gitops.blocks import GitOpsSmokeTestDefaults

@@ -10,9 +10,22 @@ import asyncio
 import json
 import sys
 from enum import Enum
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 import typer
+
+from prefect_gitops.status import EXIT_BUSY, EXIT_FAILED, EXIT_OK, RunEnd
+
+if TYPE_CHECKING:  # for annotations only: the commands import Prefect and the flows where they use them
+    from uuid import UUID
+
+    from prefect import State
+    from prefect.client.orchestration import PrefectClient
+
+    from prefect_gitops.result import ReconcileResult
+    from prefect_gitops.state import EnvironmentState
+
+    FlowResult = dict[str, Any] | State[Any]  # what the control flows return
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -36,7 +49,7 @@ OUTPUT = typer.Option(Output.text, "--output", "-o")
 REVISION = typer.Option(None, "--revision", help="Full commit SHA to use instead of resolving --ref.")
 
 
-def _emit(payload: dict, output: Output, text: str) -> None:
+def _emit(payload: dict[str, Any], output: Output, text: str) -> None:
     if output == Output.json:
         sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     else:
@@ -55,7 +68,7 @@ def plan(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH,
     from prefect_gitops.reconcile import ReconcileRequest, reconcile
     from prefect_gitops.report import text
 
-    async def run():
+    async def run() -> ReconcileResult:
         request = ReconcileRequest(environment=env, source=GitSource(source), ref=ref, path=path,
                                    revision=revision, dry_run=True, full_check=True,
                                    drift_mode=None if drift_mode == DriftOption.from_file else drift_mode.value)
@@ -107,11 +120,12 @@ def rollback(env: str = ENV, to: Optional[str] = typer.Option(None, "--to", help
     _run_flow(rollback_flow, output, env, environment=env, to_revision=to, steps=steps, concurrency=concurrency)
 
 
-def _run_flow(flow_fn, output: Output, env: str, **parameters) -> None:
+def _run_flow(flow_fn: Callable[..., Awaitable[State[FlowResult]]], output: Output, env: str,
+              **parameters: Any) -> None:
     """Run a control flow in-process (a real flow run), print its report, exit 0 only if it completed."""
-    async def run():
+    async def run() -> tuple[State[FlowResult], FlowResult | Exception]:
         state = await flow_fn(**parameters, return_state=True)
-        return state, await state.result(raise_on_failure=False)
+        return state, await state.aresult(raise_on_failure=False)
 
     state, outcome = asyncio.run(run())
     from prefect_gitops.adapters.events import flush_to_api
@@ -137,18 +151,13 @@ def _run_flow(flow_fn, output: Output, env: str, **parameters) -> None:
     raise typer.Exit(exit_code(report.get("status"), state.is_completed()))
 
 
-EXIT_OK, EXIT_FAILED, EXIT_BUSY, EXIT_HELD = 0, 1, 3, 4
-
-
 def exit_code(status: str | None, completed: bool) -> int:
-    if status == "busy":
-        return EXIT_BUSY
-    if status in ("suspended", "window-closed", "waiting"):
-        return EXIT_HELD
-    return EXIT_OK if completed else EXIT_FAILED
+    from prefect_gitops.status import exit_code as status_exit_code
+
+    return status_exit_code(status, completed)
 
 
-def _where(problem: dict) -> str:
+def _where(problem: dict[str, Any]) -> str:
     from prefect_gitops.errors import ConfigProblem
 
     return str(ConfigProblem(**problem))
@@ -169,7 +178,7 @@ def status(env: str = ENV, output: Output = OUTPUT) -> None:
     from prefect_gitops.adapters.prefect_api import PrefectAPI
     from prefect_gitops.report import status_text
 
-    async def run():
+    async def run() -> tuple[EnvironmentState, Any]:
         async with get_client() as client:
             return await PrefectAPI(client).read_state(env)
 
@@ -197,10 +206,10 @@ def _set_suspended(env: str, suspend_: bool, reason: str) -> None:
 
     from prefect_gitops.adapters.locks import environment_lock
     from prefect_gitops.adapters.prefect_api import PrefectAPI
-    from prefect_gitops.errors import GitOpsError
-    from prefect_gitops.reconcile import set_suspended
+    from prefect_gitops.errors import GitOpsError, RolloutBusy
+    from prefect_gitops.suspend import set_suspended
 
-    async def run():
+    async def run() -> EnvironmentState:
         async with get_client() as client:
             lock = lambda e, t: environment_lock(client, e, t)  # noqa: E731
             return await set_suspended(PrefectAPI(client), env, suspend_, reason, lock=lock)
@@ -209,20 +218,26 @@ def _set_suspended(env: str, suspend_: bool, reason: str) -> None:
         asyncio.run(run())
     except GitOpsError as exc:
         sys.stderr.write(f"{exc}\n")
-        raise typer.Exit(3 if "in progress" in str(exc) else 1)
+        raise typer.Exit(EXIT_BUSY if isinstance(exc, RolloutBusy) else EXIT_FAILED)
     sys.stdout.write(f"{env}: {'suspended' if suspend_ else 'resumed'}\n")
 
 
 @app.command()
-def promote(source: str = SOURCE, from_env: str = typer.Option(..., "--from", help="Environment to take images from."),
+def promote(source: Optional[str] = typer.Option(None, "--source", help="GitOps repo URL to push to (https, ssh, file:// or a path)."),
+            source_block: Optional[str] = typer.Option(
+                None, "--source-block", help="A saved GitOps Source block: its URL, ref, folder, and the credentials "
+                                             "the reconcile reads with, to push with."),
+            from_env: str = typer.Option(..., "--from", help="Environment to take images from."),
             to_env: str = typer.Option(..., "--to", help="Environment whose file gets them."),
-            ref: str = typer.Option("main", "--ref", help="Branch to commit to."), path: str = PATH,
+            ref: Optional[str] = typer.Option(None, "--ref", help="Branch to commit to (default: the block's ref, else main)."),
+            path: Optional[str] = typer.Option(None, "--path", help="Folder of the environment files (default: the block's, else environments)."),
             output: Output = OUTPUT) -> None:
     """Write FROM's applied images into TO's file as a commit and push it (TO's next reconcile applies it)."""
     from prefect_gitops.flows import promote as promote_flow
 
+    # the flow says what is missing when neither --source nor --source-block is given
     _run_flow(promote_flow, output, to_env, from_environment=from_env, to_environment=to_env,
-              source_url=source, branch=ref, path=path)
+              source_block=source_block, source_url=source, branch=ref, path=path)
 
 
 EXIT_TIMEOUT = 124  # as timeout(1)
@@ -245,7 +260,7 @@ def trigger(env: str = ENV,
     from prefect.deployments import arun_deployment
 
     name = deployment or f"gitops-reconcile/reconcile-{env}"
-    parameters: dict = {}
+    parameters: dict[str, Any] = {}
     if revision:
         parameters["revision"] = revision
     if dry_run:
@@ -277,7 +292,7 @@ def trigger(env: str = ENV,
     raise typer.Exit(asyncio.run(run()))
 
 
-async def _reconcile_deployments(client) -> str:
+async def _reconcile_deployments(client: PrefectClient) -> str:
     """Which reconcile deployments this server has, for a trigger that named one it lacks."""
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
@@ -287,13 +302,13 @@ async def _reconcile_deployments(client) -> str:
             else "no gitops-reconcile deployment exists here (deploy prefect.yaml first)")
 
 
-async def _follow(client, flow_run_id, timeout: float) -> int:
+async def _follow(client: PrefectClient, flow_run_id: UUID, timeout: float) -> int:
     """Print every state the run goes through, from its state history (a short run can pass through
     Running between two polls), until it ends or `timeout` passes."""
     import time
 
     deadline = time.monotonic() + timeout
-    shown: set = set()
+    shown: set[UUID] = set()
     while True:
         states = sorted(await client.read_flow_run_states(flow_run_id), key=lambda s: s.timestamp)
         for state in states:
@@ -306,7 +321,7 @@ async def _follow(client, flow_run_id, timeout: float) -> int:
         if last is not None and last.is_final():
             if last.is_completed():
                 return EXIT_OK
-            return EXIT_BUSY if last.name == "Busy" else EXIT_FAILED
+            return EXIT_BUSY if last.name == RunEnd.BUSY.value else EXIT_FAILED
         if time.monotonic() > deadline:
             sys.stderr.write(f"timed out after {timeout:.0f}s; flow run {flow_run_id} is still "
                              f"{last.name if last else 'unknown'} and goes on\n")

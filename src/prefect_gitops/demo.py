@@ -9,6 +9,14 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, cast
+
+if TYPE_CHECKING:  # for annotations only: the demo imports Prefect and the flows where it uses them
+    from prefect import State
+
+    from prefect_gitops.state import EnvironmentState
+
+    FlowResult = dict[str, Any] | State[Any]  # what the flows return
 
 GIT_ID = ["-c", "user.name=prefect-gitops demo", "-c", "user.email=demo@example.com", "-c", "commit.gpgsign=false"]
 
@@ -54,7 +62,7 @@ deployments:
 
 
 @contextlib.contextmanager
-def _local_server():
+def _local_server() -> Iterator[subprocess.Popen[bytes] | None]:
     """A throwaway Prefect server (SQLite in a temporary home) unless PREFECT_API_URL is set."""
     if os.environ.get("PREFECT_API_URL"):
         print(f"using the Prefect server at {os.environ['PREFECT_API_URL']}")
@@ -116,12 +124,12 @@ async def _create_estate() -> None:
                 await client.create_deployment(flow_id=flow_id, name=name, work_pool_name=pool)
 
 
-def _reconcile(repo: Path, env: str) -> dict:
+def _reconcile(repo: Path, env: str) -> dict[str, Any]:
     from prefect_gitops.flows import reconcile
 
-    async def run():
+    async def run() -> tuple[State[FlowResult], FlowResult | Exception]:
         state = await reconcile(environment=env, source_url=repo.as_uri(), return_state=True)
-        return state, await state.result(raise_on_failure=False)
+        return state, await state.aresult(raise_on_failure=False)
 
     state, outcome = asyncio.run(run())
     report = outcome
@@ -131,18 +139,21 @@ def _reconcile(repo: Path, env: str) -> dict:
     return report
 
 
-def _promote(repo: Path, source: str, target: str) -> dict:
+def _promote(repo: Path, source: str, target: str) -> dict[str, Any]:
     from prefect_gitops.flows import promote
 
-    async def run():
+    async def run() -> FlowResult | Exception:
         state = await promote(from_environment=source, to_environment=target, source_url=repo.as_uri(),
                               return_state=True)
-        return await state.result(raise_on_failure=False)
+        return await state.aresult(raise_on_failure=False)
 
-    return asyncio.run(run())
+    # cast: the result is the flow's report, also when the flow ended Failed (a State the flow returns
+    # becomes its final state, and that state's data, the report, is its result: Prefect's types cannot
+    # say so); a crashed run would give its exception, which the demo does not expect
+    return cast("dict[str, Any]", asyncio.run(run()))
 
 
-def _show(title: str, report: dict) -> None:
+def _show(title: str, report: dict[str, Any]) -> None:
     from prefect.settings import PREFECT_UI_URL
 
     from prefect_gitops.report import _value
@@ -217,7 +228,7 @@ def run_demo(keep: bool = False) -> int:
         from prefect_gitops.adapters.prefect_api import PrefectAPI
         from prefect import get_client
 
-        async def status():
+        async def status() -> EnvironmentState:
             async with get_client() as client:
                 return (await PrefectAPI(client).read_state("prod"))[0]
 

@@ -8,6 +8,7 @@ missing ref) and stops the reconcile with a report.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class GitOpsError(Exception):
@@ -24,6 +25,19 @@ class PermanentError(GitOpsError):
 
 class RolloutBusy(GitOpsError):
     """Another rollout of the environment holds its lock; nothing was written."""
+
+
+class RefNotFound(PermanentError):
+    """Git answered that the remote has no such ref or commit (the git runner tells it apart)."""
+
+
+class RolloutHeld(GitOpsError):
+    """A gate (suspension, a closed sync window, the promotion gate) holds the revision: planned and
+    reported, nothing applied. Carries the run's status and the condition's reason (status.py)."""
+
+    def __init__(self, status: str, reason: str, message: str):
+        self.status, self.reason, self.message = status, reason, message
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,7 @@ class ConfigProblem:
             where += f": {self.key}"
         return f"{where}: {self.message}"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "line": self.line, "key": self.key, "message": self.message}
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, overload
 
-from prefect import flow, get_client, get_run_logger
+from prefect import State, flow, get_client, get_run_logger
+from prefect.blocks.core import Block
 from prefect.states import Cancelled, Failed
 from prefect.runtime import flow_run
 from pydantic import Field
@@ -12,12 +13,18 @@ from pydantic import Field
 from prefect_gitops.adapters.git import GitSource
 from prefect_gitops.adapters.locks import environment_lock
 from prefect_gitops.adapters.prefect_api import PrefectAPI
+from prefect_gitops.adapters.process import RunLogger
 from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN, deep_merge
 from prefect_gitops.adapters.smoke_runner import SmokeRunner
 from prefect_gitops.errors import GitOpsError
-from prefect_gitops.reconcile import ReconcileRequest, RollbackRequest, reconcile as run_reconcile
-from prefect_gitops.reconcile import rollback as run_rollback
+from prefect_gitops.reconcile import ReconcileRequest, reconcile as run_reconcile
 from prefect_gitops.report import text
+from prefect_gitops.result import ReconcileResult
+from prefect_gitops.rollback import RollbackRequest, rollback as run_rollback
+from prefect_gitops.status import RunEnd, outcome
+
+if TYPE_CHECKING:  # for annotations only: _load_block() imports the block types when a block is named
+    from prefect_gitops.blocks import GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
 
 
 
@@ -47,7 +54,7 @@ async def reconcile(
     override_windows: bool = param(False, "Override sync windows", description="Apply even inside a deny window or outside every allow window."),
     rollout_defaults_block: str | None = param(None, "Rollout defaults block", description="Name of a GitOps Rollout Defaults block for files that leave drift/rollout out."),
     smoke_test_defaults_block: str | None = param(None, "Smoke test defaults block", description="Name of a GitOps Smoke Test Defaults block for files that leave smoke_test out."),
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     logger = get_run_logger()
     block = await _load_block("GitOpsSource", source_block) if source_block else None
     url = source_url or (block.url if block else None)
@@ -56,7 +63,7 @@ async def reconcile(
         return Failed(message=message, data={"environment": environment, "status": "failed", "message": message,
                                              "errors": [{"message": message}], "changes": [], "applied": 0})
     source = block.to_source() if block and url == block.url else GitSource(url)
-    defaults: dict = {}
+    defaults: dict[str, Any] = {}
     if rollout_defaults_block:
         defaults = deep_merge(defaults, (await _load_block("GitOpsRolloutDefaults", rollout_defaults_block)).as_file_defaults())
     if smoke_test_defaults_block:
@@ -70,35 +77,43 @@ async def reconcile(
         defaults=defaults or None,
     )
     async with get_client() as client:
-        runner = SmokeRunner(client, environment, logger, concurrency=SMOKE_CONCURRENCY)
+        from prefect_gitops.adapters.task_runs import TaskRunSteps
+
+        steps = TaskRunSteps()  # smoke tests, waves' writes, the post-apply check, the record: task runs
+        runner = SmokeRunner(client, environment, logger, concurrency=SMOKE_CONCURRENCY, steps=steps)
         lock = lambda env, timeout: environment_lock(client, env, timeout)  # noqa: E731
-        result = await run_reconcile(request, PrefectAPI(client), runner, lock=lock)
+        result = await run_reconcile(request, PrefectAPI(client), runner, lock=lock, steps=steps)
     if block is not None and not dry_run:
         await _report_commit_status(block, result, logger)
     return await _finish(result, "reconcile")
 
 
-async def _load_block(block_class: str, name: str):
+@overload
+async def _load_block(block_class: Literal["GitOpsSource"], name: str) -> GitOpsSource: ...
+@overload
+async def _load_block(block_class: Literal["GitOpsRolloutDefaults"], name: str) -> GitOpsRolloutDefaults: ...
+@overload
+async def _load_block(block_class: Literal["GitOpsSmokeTestDefaults"], name: str) -> GitOpsSmokeTestDefaults: ...
+async def _load_block(block_class: str, name: str) -> Block:
     # the block types bring GitLab's client with them (~0.1 s to import): only when a block is named
     import prefect_gitops.blocks
 
-    return await getattr(prefect_gitops.blocks, block_class).aload(name)
+    block: Block = await getattr(prefect_gitops.blocks, block_class).aload(name)
+    return block
 
 
-async def _report_commit_status(block, result, logger) -> None:
+async def _report_commit_status(block: GitOpsSource, result: ReconcileResult, logger: RunLogger) -> None:
     """GitLab source with an API URL and a project: the result becomes a commit status on the revision."""
     creds = block.gitlab_credentials
     if creds is None or not creds.url or not block.gitlab_project or not result.revision or creds.token is None:
         return
     from prefect_gitops.adapters.gitlab import report_commit_status
-    from prefect_gitops.report import _OUTCOME
 
-    state = {"failed": "failed", "busy": "canceled"}.get(result.status, "success")
+    row = outcome(result.status)
     api_url = creds.url.rstrip("/")
     try:
-        report_commit_status(api_url, creds.token, block.gitlab_project, result.revision, state,
-                             name=f"prefect-gitops/{result.environment}",
-                             description=_OUTCOME.get(result.status, result.status)[:255])
+        report_commit_status(api_url, creds.token, block.gitlab_project, result.revision, row.commit_status,
+                             name=f"prefect-gitops/{result.environment}", description=row.summary[:255])
     except GitOpsError as exc:  # a status we could not post does not change the reconcile's outcome
         logger.warning("could not report the commit status to GitLab: %s", exc)
 
@@ -109,7 +124,7 @@ async def rollback(
     to_revision: Annotated[str | None, Field(pattern=r"^[0-9a-f]{7,40}$")] = param(None, "To revision", description="A revision from the history (at least 7 characters of its SHA)."),
     steps: Annotated[int | None, Field(ge=1, le=50)] = param(None, "Steps back", description="Go back this many applied revisions (used when no revision is given)."),
     concurrency: Annotated[int, Field(ge=1, le=32)] = param(4, "Write concurrency", description="Targets updated at once."),
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     request = RollbackRequest(environment=environment, to_revision=to_revision, steps=steps,
                               concurrency=concurrency, flow_run_id=_flow_run_id())
     async with get_client() as client:
@@ -126,8 +141,7 @@ async def promote(
     source_url: str | None = param(None, "GitOps repository URL", description="The repository to commit to (push access needed)."),
     branch: str | None = param(None, "Branch", description="Branch to commit the promotion to (default: the block's ref, else main)."),
     path: str | None = param(None, "Environments folder", description="Folder of the environment files inside the repo (default: the block's, else environments)."),
-) -> dict[str, Any]:
-    from prefect_gitops.adapters.git_write import GitWriter
+) -> dict[str, Any] | State[Any]:
     from prefect_gitops.promote import promote as run_promote
 
     logger = get_run_logger()
@@ -145,8 +159,11 @@ async def promote(
         message = f"environment {from_environment!r} has never been reconciled: nothing to promote"
         return Failed(message=message, data={"status": "failed", "message": message, "environment": to_environment,
                                              "errors": [{"message": message}], "changes": [], "applied": 0})
+    # push with the credentials the reconcile reads with: the block's source when the URL is the block's
+    # (a URL given instead gets none of the block's secrets, as in the reconcile)
+    source = block.to_source() if block and source_url == block.url else GitSource(source_url)
     try:
-        sha, plan = run_promote(state, to_environment, GitWriter(source_url), branch, path)
+        sha, plan = run_promote(state, to_environment, source.writer(), branch, path)
     except GitOpsError as exc:
         return Failed(message=str(exc), data={"status": "failed", "message": str(exc), "environment": to_environment,
                                               "errors": [{"message": str(exc)}], "changes": [], "applied": 0})
@@ -170,7 +187,7 @@ def _flow_run_id() -> str | None:
     return str(flow_run.get_id() or "") or None
 
 
-async def _finish(result, what: str) -> dict[str, Any]:
+async def _finish(result: ReconcileResult, what: str) -> dict[str, Any] | State[Any]:
     """Log, publish the artifact and the events, and end the run Failed when it failed."""
     from prefect_gitops.adapters.events import emit_reconcile_events, publish_artifact
 
@@ -178,11 +195,12 @@ async def _finish(result, what: str) -> dict[str, Any]:
     await publish_artifact(result)
     emit_reconcile_events(result)
     report = result.to_json()
-    if result.status == "busy":
+    end = outcome(result.status).run_end
+    if end is RunEnd.BUSY:
         # not a success and not a failure of this run: another rollout holds the environment
         get_run_logger().warning("%s", result.message)
-        return Cancelled(name="Busy", message=result.message[:5000], data=report)
-    if not result.ok:
+        return Cancelled(name=RunEnd.BUSY.value, message=result.message[:5000], data=report)
+    if end is RunEnd.FAILED:
         # A Failed state, not an exception: the run ends Failed with the reason and the report, no traceback.
         message = f"{what} of {result.environment} failed ({result.error_kind}): {result.message}"
         get_run_logger().error("%s", message)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 import ruamel.yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -56,7 +57,7 @@ def environment_file_path(folder: str, environment: str) -> str:
     return f"{folder.strip('/') or '.'}/{environment}.yaml".removeprefix("./")
 
 
-def load_environment(repo_root: Path, folder: str, environment: str, defaults: dict | None = None,
+def load_environment(repo_root: Path, folder: str, environment: str, defaults: dict[str, Any] | None = None,
                      cache_dir: Path | None = None) -> LoadedEnvironment:
     """Load environments/<environment>.yaml from a checked-out repo.
 
@@ -90,7 +91,7 @@ def load_environment(repo_root: Path, folder: str, environment: str, defaults: d
     return parse_environment(text, file=relative, name=environment, defaults=defaults)
 
 
-def parse_environment(text: str, file: str, name: str, defaults: dict | None = None) -> LoadedEnvironment:
+def parse_environment(text: str, file: str, name: str, defaults: dict[str, Any] | None = None) -> LoadedEnvironment:
     """Parse and validate an environment file's text. Pure.
 
     `defaults` (from the policy default blocks) fill the sections the file leaves out; the file wins.
@@ -99,7 +100,7 @@ def parse_environment(text: str, file: str, name: str, defaults: dict | None = N
     return _validated(plain, lines, file, name)
 
 
-def _validated(plain: dict, lines: dict[tuple[str, ...], int], file: str, name: str) -> LoadedEnvironment:
+def _validated(plain: dict[str, Any], lines: dict[tuple[str, ...], int], file: str, name: str) -> LoadedEnvironment:
     loaded = LoadedEnvironment(name=name, file=file, spec=EnvironmentFile(), lines=lines)
     try:
         spec = EnvironmentFile.model_validate(plain)
@@ -108,7 +109,8 @@ def _validated(plain: dict, lines: dict[tuple[str, ...], int], file: str, name: 
     return LoadedEnvironment(name=name, file=file, spec=spec, lines=lines)
 
 
-def _parse_plain(text: str, file: str, name: str, defaults: dict | None) -> tuple[dict, dict[tuple[str, ...], int]]:
+def _parse_plain(text: str, file: str, name: str, defaults: dict[str, Any] | None
+                 ) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """The file as plain JSON values (defaults merged in) and the line of every key path."""
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
@@ -143,7 +145,8 @@ _PARSE_CACHE_VERSION = 1
 _PARSE_CACHE_KEEP = 16  # parsed files kept per cache directory (least recently used go first)
 
 
-def _parse_cached(text: str, file: str, name: str, defaults: dict | None, cache_dir: Path) -> LoadedEnvironment:
+def _parse_cached(text: str, file: str, name: str, defaults: dict[str, Any] | None,
+                  cache_dir: Path) -> LoadedEnvironment:
     """parse_environment(), reusing the YAML parse of the same text and defaults from `cache_dir`.
 
     Only successful parses are stored (plain values and lines, before validation), so every error
@@ -162,7 +165,7 @@ def _parse_cached(text: str, file: str, name: str, defaults: dict | None, cache_
     return _validated(plain, lines, file, name)
 
 
-def _store(cache_dir: Path, entry: Path, value: dict) -> None:
+def _store(cache_dir: Path, entry: Path, value: dict[str, Any]) -> None:
     """Best effort: a cache that cannot be written only costs the next run a parse."""
     tmp = None
     try:
@@ -193,7 +196,7 @@ def _yaml_problem(exc: MarkedYAMLError, file: str, prefix: str) -> ConfigProblem
     return ConfigProblem(f"{prefix}: {detail}".strip(), file=file, line=line, key=key)
 
 
-def _validation_problem(loaded: LoadedEnvironment, err: dict) -> ConfigProblem:
+def _validation_problem(loaded: LoadedEnvironment, err: ErrorDetails) -> ConfigProblem:
     path = tuple(str(p) for p in err["loc"] if p != "[key]")
     kind = err["type"]
     if kind == "extra_forbidden":

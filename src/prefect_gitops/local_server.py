@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Iterator
 
 import httpx
 
@@ -24,7 +24,8 @@ import httpx
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]  # typeshed: the address is Any
+        return port
 
 
 def server_env(home: str | Path, port: int) -> dict[str, str]:
@@ -38,7 +39,7 @@ def server_env(home: str | Path, port: int) -> dict[str, str]:
     }
 
 
-def wait_healthy(api_url: str, proc: subprocess.Popen | None = None, timeout: float = 120,
+def wait_healthy(api_url: str, proc: subprocess.Popen[Any] | None = None, timeout: float = 120,
                  log_path: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -52,7 +53,8 @@ def wait_healthy(api_url: str, proc: subprocess.Popen | None = None, timeout: fl
 
 
 @contextlib.contextmanager
-def running_server(home: Path, port: int, env: dict[str, str] | None = None, log: IO[str] | None = None):
+def running_server(home: Path, port: int, env: dict[str, str] | None = None,
+                   log: IO[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """`prefect server start` on 127.0.0.1:`port` with its data in `home`; yields once it is healthy,
     stops it on exit. `env` is the whole environment of the server process (default: os.environ)."""
     env = dict(os.environ if env is None else env)
@@ -69,7 +71,7 @@ def running_server(home: Path, port: int, env: dict[str, str] | None = None, log
             out.close()
 
 
-def stop_process(proc: subprocess.Popen, grace: float = 20) -> None:
+def stop_process(proc: subprocess.Popen[Any], grace: float = 20) -> None:
     """SIGTERM, and SIGKILL if it has not ended after `grace` seconds."""
     proc.terminate()
     try:

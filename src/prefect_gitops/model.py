@@ -6,7 +6,7 @@ Pure: no I/O. `EnvironmentFile.model_json_schema()` is what
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from prefect_gitops.windows import SyncWindow
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -33,7 +33,7 @@ class ClusterSpec(_Strict):
     in_cluster: bool = Field(default=False, description="Use the pod's service account (the worker runs in the cluster).")
 
     @model_validator(mode="after")
-    def _one_way(self):
+    def _one_way(self) -> Self:
         ways = [self.credentials_block is not None, self.kubeconfig is not None, self.in_cluster]
         if sum(ways) > 1:
             raise ValueError("give one of credentials_block, kubeconfig or in_cluster")
@@ -57,7 +57,7 @@ class KubernetesSmokeSpec(_Strict):
 
     @field_validator("resources")
     @classmethod
-    def _resources(cls, value):
+    def _resources(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
         unknown = set(value) - {"requests", "limits"}
         if unknown:
             raise ValueError(f"resources takes requests and limits, not {sorted(unknown)}")
@@ -221,7 +221,7 @@ class EnvironmentFile(_Strict):
         description="Argo CD-style allow/deny windows: outside them a reconcile plans and reports but does not apply.")
 
 
-def deep_merge(base: dict, top: dict) -> dict:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     """`top` wins; mappings merge key by key."""
     out = dict(base)
     for key, value in top.items():
@@ -243,5 +243,5 @@ def desired_work_queues(spec: EnvironmentFile) -> dict[str, dict[str, Any]]:
     return out
 
 
-def json_schema() -> dict:
+def json_schema() -> dict[str, Any]:
     return EnvironmentFile.model_json_schema()

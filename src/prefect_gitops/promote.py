@@ -7,14 +7,23 @@ the commit (through its own gates: smoke tests, waves, the soak time).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 from ruamel.yaml import YAML
 
 from prefect_gitops.loader import environment_file_path
 from prefect_gitops.state import EnvironmentState
 from prefect_gitops.waves import applied_images
+from prefect_gitops.yaml_edit import set_images
 
 Key = tuple[str, str]  # (section, target)
+
+
+class FileCommitter(Protocol):
+    """What promote() needs of a writer (adapters.git_write.GitWriter)."""
+
+    def commit_file_update(self, branch: str, path: str, edit: Callable[[str], str], message: str) -> str | None:
+        ...
 
 
 def repository_of(image: str) -> str:
@@ -67,10 +76,12 @@ def images_in_file(text: str) -> dict[Key, str]:
     return out
 
 
-def promote(source_state: EnvironmentState, to_env: str, writer, branch: str, folder: str) -> tuple[str | None, PromotionPlan]:
-    """Commit the promotion to `branch`; returns (new commit SHA or None when nothing changed, the plan)."""
-    from prefect_gitops.adapters.git_write import set_images
+def promote(source_state: EnvironmentState, to_env: str, writer: FileCommitter, branch: str,
+            folder: str) -> tuple[str | None, PromotionPlan]:
+    """Commit the promotion to `branch`; returns (new commit SHA or None when nothing changed, the plan).
 
+    `writer` has `commit_file_update(branch, path, edit, message)` (adapters.git_write.GitWriter,
+    from the source's `writer()` so it pushes with the source's credentials)."""
     planned: list[PromotionPlan] = []
 
     def edit(text: str) -> str:  # re-run on the new tip if the branch moved meanwhile

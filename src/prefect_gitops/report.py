@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
-from prefect_gitops.reconcile import ReconcileResult
+from prefect_gitops.result import ReconcileResult
 from prefect_gitops.state import EnvironmentState
+from prefect_gitops.status import Status, outcome as outcome_of
 
-_OUTCOME = {
-    "applied": "Applied",
-    "in-sync": "In sync: nothing to change",
-    "up-to-date": "Up to date: Git has not moved and no drift check was due",
-    "planned": "Planned only (dry run): nothing was written",
-    "drift-warned": "Drift reported, not corrected (drift mode warn)",
-    "rolled-back": "Rolled back: the environment runs an earlier revision than Git",
-    "failed": "Failed",
-    "busy": "Another rollout of this environment is in progress: nothing was written",
-    "suspended": "Suspended: planned and reported, nothing applied",
-    "window-closed": "Sync window closed: planned and reported, nothing applied",
-    "waiting": "Waiting for the promotion gate: nothing applied",
-}
 
 
 def _value(value: Any, present: bool = True) -> str:
@@ -36,7 +25,7 @@ def _md(text: str) -> str:
 
 def markdown(result: ReconcileResult) -> str:
     lines = [f"# prefect-gitops: {result.environment}", ""]
-    lines.append(f"**Outcome:** {_OUTCOME[result.status]}  ")
+    lines.append(f"**Outcome:** {outcome_of(result.status).summary}  ")
     lines.append(f"**Revision:** `{result.revision or 'unknown'}`  ")
     if result.file:
         lines.append(f"**File:** `{result.file}`  ")
@@ -111,8 +100,8 @@ def markdown(result: ReconcileResult) -> str:
 
 
 def text(result: ReconcileResult) -> str:
-    lines = [f"environment {result.environment} at {result.revision or 'unknown revision'}: {_OUTCOME[result.status]}"]
-    if result.status in ("planned", "in-sync") and result.message:
+    lines = [f"environment {result.environment} at {result.revision or 'unknown revision'}: {outcome_of(result.status).summary}"]
+    if result.status in (Status.PLANNED, Status.IN_SYNC) and result.message:
         lines.append(f"  {result.message}")
     for c in result.plan.changes if result.plan else []:
         new = _value(c.new) if c.action == "set" else "(unset)"
@@ -128,12 +117,12 @@ def text(result: ReconcileResult) -> str:
         lines.append(f"  error: {p}")
     for e in result.errors:
         lines.append(f"  error: {e}")
-    if result.status == "applied":
+    if result.status is Status.APPLIED:
         lines.append(f"  {len(result.applied)} change(s) applied")
     return "\n".join(lines)
 
 
-def _when(at) -> str:
+def _when(at: dt.datetime | None) -> str:
     return "-" if at is None else f"{at:%Y-%m-%d %H:%M:%S}"
 
 

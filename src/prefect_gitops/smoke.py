@@ -17,7 +17,8 @@ from prefect_gitops.model import (
     ProcessSpec,
     SmokeTestOverride,
 )
-from prefect_gitops.plan import _ABSENT, ActualState, Change, PlanProblem, TargetType
+from prefect_gitops.kinds import KINDS, kind
+from prefect_gitops.plan import ActualState, Change, PlanProblem, TargetType
 
 Target = tuple[TargetType, str]
 DEFAULT_TIMEOUT = 300
@@ -39,13 +40,8 @@ class ResolvedSmoke(BaseModel):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _section(kind: TargetType) -> str:
-    return "work_pools" if kind == "work_pool" else "deployments"
-
-
 def _override(desired: EnvironmentFile, target: Target) -> SmokeTestOverride | None:
-    kind, name = target
-    spec = (desired.work_pools if kind == "work_pool" else desired.deployments).get(name)
+    spec = kind(target[0]).spec_of(desired, target[1])
     return spec.smoke_test if spec is not None else None
 
 
@@ -60,18 +56,18 @@ def resolve(desired: EnvironmentFile, target: Target) -> ResolvedSmoke:
         raise ValueError("; ".join(e["msg"] for e in exc.errors())) from None
     if policy.kind == "process" and policy.process is None:
         raise ValueError("kind process needs process.command")
-    if policy.kind == "canary" and target[0] == "work_pool" and policy.canary.deployment is None:
-        raise ValueError("a canary for a work pool needs canary.deployment (the deployment to run)")
+    target_kind = kind(target[0])
+    if policy.kind == "canary" and target_kind.proving_deployment(target[1], policy.canary.deployment) is None:
+        raise ValueError(f"a canary for a {target_kind.label} needs canary.deployment (the deployment to run)")
     return policy
 
 
 def policy_problems(desired: EnvironmentFile, actual: ActualState) -> list[PlanProblem]:
     """Refuse incomplete or dangling policies before anything runs."""
     problems: list[PlanProblem] = []
-    targets: list[Target] = [("work_pool", n) for n in desired.work_pools]
-    targets += [("deployment", n) for n in desired.deployments]
+    targets: list[Target] = [(k.name, n) for k in KINDS if k.runs_images for n in k.desired(desired)]
     for target in targets:
-        path = (_section(target[0]), target[1], "smoke_test")
+        path = (kind(target[0]).section, target[1], "smoke_test")
         try:
             policy = resolve(desired, target)
         except ValueError as exc:
@@ -123,30 +119,15 @@ def changes_by_target(changes: list[Change]) -> dict[Target, list[Change]]:
     return out
 
 
-def _image_after(target: Target, changes: list[Change], desired: EnvironmentFile, actual: ActualState,
+def _image_after(target: Target, changes: list[Change], actual: ActualState,
                  by_target: dict[Target, list[Change]]) -> Any:
-    """The image the target runs with once the plan is applied (deployment value, else pool default)."""
+    """The image the target runs with once the plan is applied (its own change, else as its kind says)."""
     for change in changes:
         if change.key == "image":
             if change.action == "set":
                 return change.new
-            break  # unset: falls back to the pool
-    kind, name = target
-    if kind == "deployment":
-        deployment = actual.deployments[name]
-        if "image" in deployment.job_variables and not any(c.key == "image" for c in changes):
-            return deployment.job_variables["image"]
-        pool = actual.work_pools.get(deployment.work_pool_name or "")
-        if pool is None:
-            return None
-        for change in by_target.get(("work_pool", pool.name), []):
-            if change.key == "image" and change.action == "set":
-                return change.new
-        value = pool.default("image")
-        return None if value is _ABSENT else value
-    pool = actual.work_pools[name]
-    value = pool.default("image")
-    return None if value is _ABSENT else value
+            break  # unset: falls back to what the kind says (a deployment's pool)
+    return kind(target[0]).image_after(actual, target[1], changes, by_target)
 
 
 def smoke_tests_for(to_apply: list[Change], desired: EnvironmentFile, actual: ActualState,
@@ -156,12 +137,12 @@ def smoke_tests_for(to_apply: list[Change], desired: EnvironmentFile, actual: Ac
     `only` restricts the tests to some targets (a wave) while images still resolve against the whole plan.
     """
     by_target = changes_by_target(to_apply)
-    tests: dict[tuple, SmokeTest] = {}
+    tests: dict[tuple[str, ...] | tuple[str, str, str | None, str], SmokeTest] = {}
     for target, changes in by_target.items():
-        if target[0] == "work_queue" or (only is not None and target not in only):
+        target_kind = kind(target[0])
+        if not target_kind.runs_images or (only is not None and target not in only):
             continue
-        if all(c.removed_from_git for c in changes) and target[1] not in (
-                desired.work_pools if target[0] == "work_pool" else desired.deployments):
+        if all(c.removed_from_git for c in changes) and target_kind.spec_of(desired, target[1]) is None:
             continue  # a target leaving Git is not rolled out
         policy = resolve(desired, target)
         if policy.kind == "none":
@@ -169,12 +150,13 @@ def smoke_tests_for(to_apply: list[Change], desired: EnvironmentFile, actual: Ac
         brings_image = any(c.key == "image" and c.action == "set" and c.reason == "desired" for c in changes)
         if policy.when == "image-changed" and not brings_image:
             continue
-        image = _image_after(target, changes, desired, actual, by_target)
+        image = _image_after(target, changes, actual, by_target)
         if not isinstance(image, str) or not image:
             continue  # nothing to prove: no image resolves for this target
         if policy.kind == "canary":
-            deployment = target[1] if target[0] == "deployment" else policy.canary.deployment
-            key = ("canary", image, deployment, policy.fingerprint())
+            deployment = target_kind.proving_deployment(target[1], policy.canary.deployment)
+            key: tuple[str, ...] | tuple[str, str, str | None, str] = ("canary", image, deployment,
+                                                                       policy.fingerprint())
         else:
             deployment = None
             key = (policy.kind, image, policy.fingerprint())

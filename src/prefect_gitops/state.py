@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from prefect_gitops.kinds import KINDS, kind
 from prefect_gitops.plan import Change, Plan, TargetType
+from prefect_gitops.status import Reason
 
 HISTORY_LIMIT = 50
 
@@ -32,12 +34,15 @@ class ManagedKey(BaseModel):
 
 
 class Inventory(BaseModel):
+    """Managed keys by target, one field per registered kind (its `section`)."""
+
     work_pools: dict[str, dict[str, ManagedKey]] = Field(default_factory=dict)
     deployments: dict[str, dict[str, ManagedKey]] = Field(default_factory=dict)
     work_queues: dict[str, dict[str, ManagedKey]] = Field(default_factory=dict)
 
     def section(self, target_type: TargetType) -> dict[str, dict[str, ManagedKey]]:
-        return {"work_pool": self.work_pools, "deployment": self.deployments, "work_queue": self.work_queues}[target_type]
+        section: dict[str, dict[str, ManagedKey]] = getattr(self, kind(target_type).section)
+        return section
 
     def get(self, target_type: TargetType, target: str, key: str) -> ManagedKey | None:
         return self.section(target_type).get(target, {}).get(key)
@@ -53,12 +58,12 @@ class Inventory(BaseModel):
                 del self.section(target_type)[target]
 
     def count(self) -> int:
-        return sum(len(k) for s in (self.work_pools, self.deployments, self.work_queues) for k in s.values())
+        return sum(len(keys) for k in KINDS for keys in self.section(k.name).values())
 
 
 class Condition(BaseModel):
     ready: bool
-    reason: str  # Applied, NoChange, DriftWarned, ValidationFailed, ApplyFailed, SourceFailed, ...
+    reason: Reason
     message: str = ""
     at: dt.datetime = Field(default_factory=utcnow)
 
@@ -139,8 +144,8 @@ class EnvironmentState(BaseModel):
     def has_unfinished_writes(self) -> bool:
         return any(
             not entry.applied
-            for section in (self.inventory.work_pools, self.inventory.deployments, self.inventory.work_queues)
-            for keys in section.values()
+            for k in KINDS
+            for keys in self.inventory.section(k.name).values()
             for entry in keys.values()
         )
 
@@ -152,10 +157,11 @@ class EnvironmentState(BaseModel):
 def _copy(inventory: Inventory) -> Inventory:
     """A copy to change: new mappings and new entries. (Much cheaper than a deep copy for thousands of
     keys; the JSON values inside entries are shared, and nothing changes them in place.)"""
-    return Inventory.model_construct(**{
+    sections: dict[str, Any] = {
         section: {target: {key: entry.model_copy() for key, entry in keys.items()}
                   for target, keys in getattr(inventory, section).items()}
-        for section in ("work_pools", "deployments", "work_queues")})
+        for section in (k.section for k in KINDS)}
+    return Inventory.model_construct(None, **sections)
 
 
 def begin_apply(inventory: Inventory, changes: list[Change], revision: str) -> Inventory:
@@ -204,8 +210,9 @@ def finish_apply(inventory: Inventory, plan: Plan, applied: list[Change], revisi
 def managed_values(inventory: Inventory) -> dict[TargetType, dict[str, dict[str, Any]]]:
     """The values prefect-gitops has applied, by target."""
     return {
-        kind: {t: {k: e.value for k, e in keys.items() if e.applied} for t, keys in inventory.section(kind).items()}
-        for kind in ("work_pool", "deployment", "work_queue")
+        target_kind.name: {t: {k: e.value for k, e in keys.items() if e.applied}
+                           for t, keys in inventory.section(target_kind.name).items()}
+        for target_kind in KINDS
     }
 
 

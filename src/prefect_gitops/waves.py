@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 
+from prefect_gitops.kinds import KINDS, kind
 from prefect_gitops.model import EnvironmentFile, PromotionGate
 from prefect_gitops.plan import ActualState, Change
 from prefect_gitops.state import EnvironmentState
@@ -22,20 +22,13 @@ class Wave:
 
 
 def wave_of(change: Change, spec: EnvironmentFile, actual: ActualState) -> int:
-    if change.target_type == "work_queue":  # queues roll out with their pool
-        target = spec.work_pools.get(change.target.split("/", 1)[0])
-    else:
-        section = spec.work_pools if change.target_type == "work_pool" else spec.deployments
-        target = section.get(change.target)
-    if target is not None and target.wave is not None:
-        return target.wave
-    tags = set(actual.deployments[change.target].tags) if change.target in actual.deployments else set()
+    """The target's own `wave:`, else the first rollout.waves selector that picks it, else 0."""
+    target_kind = kind(change.target_type)
+    own = target_kind.spec_of(spec, change.target)
+    if own is not None and own.wave is not None:
+        return own.wave
     for selector in spec.rollout.waves:
-        if change.target_type == "deployment" and (
-                any(fnmatchcase(change.target, p) for p in selector.deployments) or tags & set(selector.tags)):
-            return selector.wave
-        if change.target_type in ("work_pool", "work_queue") and any(
-                fnmatchcase(change.target.split("/", 1)[0], p) for p in selector.work_pools):
+        if target_kind.selected_by(selector, change.target, actual):
             return selector.wave
     return 0
 
@@ -57,13 +50,13 @@ def image_soak_start(previous: EnvironmentState, image: str) -> dt.datetime | No
     """When `image` started running in the previous environment (None: it does not run there now)."""
     starts = [
         entry.applied_at or previous.last_applied_at
-        for section in (previous.inventory.work_pools, previous.inventory.deployments)
-        for keys in section.values()
+        for target_kind in KINDS if target_kind.runs_images
+        for keys in previous.inventory.section(target_kind.name).values()
         for key, entry in keys.items()
         if key == "image" and entry.applied and entry.value == image
     ]
-    starts = [s for s in starts if s is not None]
-    return min(starts) if starts else None
+    known = [s for s in starts if s is not None]
+    return min(known) if known else None
 
 
 def unsoaked_images(changes: list[Change], gate: PromotionGate, previous: EnvironmentState | None,
@@ -90,9 +83,11 @@ def unsoaked_images(changes: list[Change], gate: PromotionGate, previous: Enviro
 def applied_images(state: EnvironmentState) -> dict[tuple[str, str], str]:
     """(section, target) -> image as applied in an environment (for promotion)."""
     out: dict[tuple[str, str], str] = {}
-    for section, targets in (("work_pools", state.inventory.work_pools), ("deployments", state.inventory.deployments)):
-        for target, keys in targets.items():
+    for target_kind in KINDS:
+        if not target_kind.runs_images:
+            continue
+        for target, keys in state.inventory.section(target_kind.name).items():
             entry = keys.get("image")
             if entry is not None and entry.applied and isinstance(entry.value, str):
-                out[(section, target)] = entry.value
+                out[(target_kind.section, target)] = entry.value
     return out

@@ -1,4 +1,4 @@
-"""The write side of Git: `set_images` (pure text edit) and `GitWriter` (clone, commit, push).
+"""The write side of Git: `set_images` (yaml_edit, a pure text edit) and `GitWriter` (clone, commit, push).
 
 The GitWriter tests use real repositories made with the git CLI (a bare repo
 reached through file://); no Prefect server is needed.
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from prefect_gitops.adapters.git_write import GitWriter, set_images
+from prefect_gitops.adapters.git_write import GitWriter
 from prefect_gitops.errors import GitOpsError, PermanentError, TransientError
+from prefect_gitops.yaml_edit import set_images
 
 # ---------------------------------------------------------------------------
 # set_images

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+from uuid import UUID
 
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import arun_deployment
 from prefect.states import Cancelling
 
-from prefect_gitops.adapters.process import tail
+from prefect_gitops.adapters.process import RunLogger, tail
 from prefect_gitops.smoke import SmokeResult
 
 CANARY_TAGS = ["prefect-gitops", "prefect-gitops-canary"]
 
 
-async def run_canary(client, test_id: str, deployment: str, parameters: dict, timeout: int, environment: str,
-                     image: str | None, logger, purpose: str = "canary") -> SmokeResult:
+async def run_canary(client: PrefectClient, test_id: str, deployment: str, parameters: dict[str, Any], timeout: int,
+                     environment: str, image: str | None, logger: RunLogger, purpose: str = "canary") -> SmokeResult:
     """Run `deployment` once (with image override when given) and wait for a final state."""
     job_variables = {"image": image} if image else None
     tags = [*CANARY_TAGS, f"prefect-gitops-env:{environment}", f"prefect-gitops-{purpose}"]
@@ -44,7 +47,7 @@ async def run_canary(client, test_id: str, deployment: str, parameters: dict, ti
                        log, detail)
 
 
-async def _log_tail(client, flow_run_id, settle_seconds: float = 0) -> str:
+async def _log_tail(client: PrefectClient, flow_run_id: UUID, settle_seconds: float = 0) -> str:
     """The run's last log lines; while there are none yet, look again for up to `settle_seconds`."""
     deadline = time.monotonic() + settle_seconds
     while True:

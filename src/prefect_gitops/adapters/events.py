@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.events import emit_event
 
-from prefect_gitops.reconcile import ReconcileResult
+from prefect_gitops.kinds import KINDS, kind
+from prefect_gitops.plan import Change
 from prefect_gitops.report import markdown
+from prefect_gitops.result import ReconcileResult
+from prefect_gitops.status import FAILED_EVENT, outcome as outcome_of
 
 APPLIED = "prefect-gitops.reconcile.applied"
 DRIFT_DETECTED = "prefect-gitops.reconcile.drift-detected"
-FAILED = "prefect-gitops.reconcile.failed"
+FAILED = FAILED_EVENT
 SMOKE_TEST_FAILED = "prefect-gitops.smoke-test.failed"
 ROLLBACK = "prefect-gitops.rollback"
-
-_RESOURCE_KIND = {"work_pool": "prefect.work-pool", "deployment": "prefect.deployment", "work_queue": "prefect.work-queue"}
-
 
 def environment_resource(result: ReconcileResult) -> dict[str, str]:
     return {
@@ -28,26 +29,24 @@ def environment_resource(result: ReconcileResult) -> dict[str, str]:
     }
 
 
-def _related(result: ReconcileResult, changes) -> list[dict[str, str]]:
+def _related(result: ReconcileResult, changes: list[Change]) -> list[dict[str, str]]:
     seen: dict[str, dict[str, str]] = {}
     for c in changes:
         target_id = result.targets.get((c.target_type, c.target))
         if target_id:
-            rid = f"{_RESOURCE_KIND[c.target_type]}.{target_id}"
+            rid = f"{kind(c.target_type).event_resource}.{target_id}"
             seen[rid] = {"prefect.resource.id": rid, "prefect.resource.role": "gitops-target",
                          "prefect.resource.name": c.target}
     return list(seen.values())
 
 
-def _payload(result: ReconcileResult, changes) -> dict:
+def _payload(result: ReconcileResult, changes: list[Change]) -> dict[str, Any]:
     return {
         "environment": result.environment,
         "revision": result.revision,
-        "status": result.status,
+        "status": str(result.status),
         "flow_run_id": result.flow_run_id,
-        "work_pools": sorted({c.target for c in changes if c.target_type == "work_pool"}),
-        "deployments": sorted({c.target for c in changes if c.target_type == "deployment"}),
-        "work_queues": sorted({c.target for c in changes if c.target_type == "work_queue"}),
+        **{k.section: sorted({c.target for c in changes if c.target_type == k.name}) for k in KINDS},
         "changes": [c.describe() for c in changes[:200]],
         "message": result.message[:2000],
     }
@@ -80,11 +79,12 @@ def emit_reconcile_events(result: ReconcileResult) -> list[str]:
         payload.update(rolled_back=result.rolled_back.model_dump(mode="json"))
         emit_event(ROLLBACK, environment_resource(result), related=_related(result, changes), payload=payload)
         sent.append(ROLLBACK)
-    if result.status == "failed":
+    run_event = outcome_of(result.status).event  # the run as a whole (only a failed run has one)
+    if run_event is not None:
         changes = result.failed or (plan.to_apply if plan else [])
-        emit_event(FAILED, environment_resource(result), related=_related(result, changes),
+        emit_event(run_event, environment_resource(result), related=_related(result, changes),
                    payload=_payload(result, changes))
-        sent.append(FAILED)
+        sent.append(run_event)
     return sent
 
 
@@ -103,13 +103,15 @@ def flush_to_api() -> None:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogHandler
 
-    with contextlib.suppress(Exception):
-        APILogHandler.flush()
+    # Prefect's services share one instance registry: the log handler's flush drains the events
+    # worker too, so both loggers are quiet before either is flushed.
     worker_loggers = [logging.getLogger(name) for name in ("EventsWorker", "APILogWorker")]
     levels = [logger.level for logger in worker_loggers]
     for logger in worker_loggers:
         logger.setLevel(logging.ERROR)
     try:
+        with contextlib.suppress(Exception):
+            APILogHandler().flush()  # the handler instance tells the log worker to send what it holds
         with contextlib.suppress(Exception):
             EventsWorker.drain_all(timeout=30)
     finally:

@@ -1,7 +1,9 @@
 """Git source: resolve a ref to a commit with one remote lookup, check commits out into a cache.
 
-`Source` is the small interface every source implements (plain Git here; a
-GitLab source with a token slots in by providing the same three members).
+`Source` is the small interface every source implements (plain Git here; the
+GitLab source with a token is this class with `Credentials`). Running git
+(environment, credentials, timeout, scrubbing, transient vs permanent) is
+`git_runner.GitRunner`'s job, shared with the GitLab source and the writer.
 """
 
 from __future__ import annotations
@@ -11,22 +13,22 @@ import fcntl
 import hashlib
 import os
 import re
-import subprocess
 from pathlib import Path
-from typing import Iterator, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Callable, Iterator, Protocol, TypeVar, TypeVarTuple
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from prefect_gitops.errors import PermanentError, TransientError
+from prefect_gitops.adapters.git_runner import Credentials, GitRunner, display_url, scrub_credentials
+from prefect_gitops.adapters.git_write import GitWriter
+from prefect_gitops.errors import PermanentError, RefNotFound, TransientError
+
+__all__ = ["SHA_PATTERN", "Credentials", "GitSource", "Source", "default_cache_dir", "display_url",
+           "scrub_credentials"]
 
 SHA_PATTERN = re.compile(r"^[0-9a-f]{40}$")
-_TRANSIENT_GIT = re.compile(
-    r"could not resolve host|connection (refused|reset|timed out)|timed out|temporarily|"
-    r"early eof|the remote end hung up unexpectedly|http (429|5\d\d)|error: (429|5\d\d)|"
-    r"returned error: (429|5\d\d)",
-    re.IGNORECASE,
-)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class Source(Protocol):
@@ -41,31 +43,6 @@ class Source(Protocol):
         """A work tree at `sha`, valid inside the `with` block."""
 
 
-def display_url(url: str) -> str:
-    """The URL without user:password@ so it can be logged."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return url
-
-
-def scrub_credentials(text: str, url: str) -> str:
-    """Remove the credentials of `url` (and any user:password@ in URLs) from a message."""
-    display = display_url(url)
-    if url != display:
-        text = text.replace(url, display)
-    text = re.sub(r"(://)[^/@\s]+@", r"\1", text)
-    parts = urlsplit(url)
-    if parts.password and len(parts.password) >= 4:
-        text = text.replace(parts.password, "***")
-    elif parts.username and not parts.password and len(parts.username) >= 8:  # a token as the user name
-        text = text.replace(parts.username, "***")
-    return text
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("PREFECT_GITOPS_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "prefect-gitops"
@@ -77,7 +54,8 @@ class GitSource:
     """Any URL git understands: file://, a local path, https, ssh."""
 
     def __init__(self, url: str, *, cache_dir: Path | None = None, timeout: float = 60.0,
-                 extra_env: dict[str, str] | None = None, attempts: int = 3, backoff: float = 1.0):
+                 extra_env: dict[str, str] | None = None, attempts: int = 3, backoff: float = 1.0,
+                 credentials: Credentials | None = None):
         self.url = url
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.timeout = timeout
@@ -85,12 +63,19 @@ class GitSource:
         self.attempts = attempts
         self.backoff = backoff
         self.git_operations = 0  # counted for the benchmark
+        self.runner = GitRunner(url, credentials=credentials, timeout=timeout, extra_env=self.extra_env)
 
     @property
     def display(self) -> str:
         return display_url(self.url)
 
-    def _retrying(self, fn, *args):
+    def writer(self, **kwargs: Any) -> GitWriter:
+        """A writer for this repository that pushes with this source's credentials (promotion
+        commits where the reconcile reads, authenticated the same way). `kwargs` go to GitWriter."""
+        options = {"timeout": self.timeout, "extra_env": self.extra_env, **kwargs}
+        return GitWriter(self.url, credentials=self.runner.credentials, **options)
+
+    def _retrying(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return retry(
             retry=retry_if_exception_type(TransientError),
             stop=stop_after_attempt(self.attempts),
@@ -131,40 +116,17 @@ class GitSource:
             yield repo
 
     def _has_commit(self, repo: Path, sha: str) -> bool:
-        done = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{sha}^{{commit}}"],
-                              capture_output=True, env=self._env(), timeout=self.timeout)
-        return done.returncode == 0
+        return self.runner.succeeds(["-C", str(repo), "cat-file", "-e", f"{sha}^{{commit}}"],
+                                    what="look in the cache of")
 
     def _fetch(self, repo: Path, sha: str) -> None:
         try:
             self._git(["-C", str(repo), "fetch", "-q", "--depth", "1", "--no-tags", self.url, sha],
                       what=f"fetch revision {sha} from")
-        except PermanentError as exc:
-            if "not our ref" in str(exc) or "couldn't find remote ref" in str(exc).lower():
-                raise PermanentError(f"revision {sha} does not exist in {self.display}") from None
-            raise
-
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": env.get("GIT_ASKPASS", "true"), "LC_ALL": "C"})
-        env.update(self.extra_env)
-        return env
+        except RefNotFound:
+            raise RefNotFound(f"revision {sha} does not exist in {self.display}") from None
 
     def _git(self, args: list[str], *, what: str, local: bool = False) -> str:
         if not local:
             self.git_operations += 1
-        try:
-            done = subprocess.run(["git", *args], capture_output=True, text=True,
-                                  env=self._env(), timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            raise TransientError(f"git timed out after {self.timeout:.0f}s trying to {what} {self.display}") from None
-        if done.returncode != 0:
-            detail = self._scrub(done.stderr.strip() or done.stdout.strip())
-            message = f"cannot {what} {self.display}: {detail}"
-            if _TRANSIENT_GIT.search(detail):
-                raise TransientError(message)
-            raise PermanentError(message)
-        return done.stdout
-
-    def _scrub(self, text: str) -> str:
-        return scrub_credentials(text, self.url)
+        return self.runner.run(args, what=what, local=local)

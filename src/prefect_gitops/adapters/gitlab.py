@@ -2,17 +2,10 @@
 
 prefect-gitlab 0.3.5 clones with the token inside the URL: it shows in `ps`,
 stays in the copied `.git/config`, and deploy tokens get a wrong `oauth2:`
-prefix. `GitLabSource` reuses `GitSource` (same cache, same retries, same error
-mapping) and hands the token to git only through the child's environment:
-
-* the URL given to git carries no user information;
-* `GIT_ASKPASS` points at a tiny script (written once per process into a 0700
-  temp dir) that contains no secret: it prints `$PREFECT_GITOPS_GIT_USERNAME`
-  for "Username" prompts and `$PREFECT_GITOPS_GIT_PASSWORD` otherwise;
-* those two variables are set only in the environment of the git child;
-* `-c credential.helper=` empties the credential helper list, so nothing is
-  stored, and `GIT_TERMINAL_PROMPT=0` keeps git from ever waiting on a tty;
-* stderr is scrubbed of the token before it reaches a message or a log.
+prefix. `GitLabSource` is `GitSource` (same cache, same retries) with
+`Credentials`: `git_runner.GitRunner` hands the token to git only through the
+child's environment (GIT_ASKPASS, no credential helpers, scrubbed output), and
+`writer()` pushes promotions with the same token.
 
 `report_commit_status` posts a commit status (pending/running/success/...)
 through python-gitlab, so a reconcile result shows next to the commit.
@@ -20,70 +13,29 @@ through python-gitlab, so a reconcile result shows next to the commit.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
-import os
-import re
-import shutil
-import stat
-import tempfile
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
-from urllib.parse import quote, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
 from prefect_gitops.adapters.git import GitSource, display_url
-from prefect_gitops.errors import GitOpsError, PermanentError, TransientError
+from prefect_gitops.adapters.git_runner import (  # noqa: F401  (re-exported: tests and callers use them here)
+    PASSWORD_ENV,
+    USERNAME_ENV,
+    Credentials,
+    askpass_script,
+)
+from prefect_gitops.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:  # prefect_gitlab imports prefect; keep this module light
     from prefect_gitlab import GitLabRepository
 
 logger = logging.getLogger(__name__)
 
-USERNAME_ENV = "PREFECT_GITOPS_GIT_USERNAME"
-PASSWORD_ENV = "PREFECT_GITOPS_GIT_PASSWORD"
 COMMIT_STATES = ("pending", "running", "success", "failed", "canceled")
-
-_ASKPASS_SCRIPT = f"""#!/bin/sh
-# prefect-gitops: answers git's credential prompts from the environment (no secret in here)
-case "$1" in
-  Username*|username*) printf '%s\\n' "${USERNAME_ENV}" ;;
-  *) printf '%s\\n' "${PASSWORD_ENV}" ;;
-esac
-"""
-_askpass_lock = threading.Lock()
-_askpass_path: Path | None = None
-
-# git's ways of saying "the server refused these credentials"
-_AUTH_FAILED = re.compile(
-    r"authentication failed|could not read (username|password)|"
-    r"returned error: (401|403)|http basic: access denied|terminal prompts disabled",
-    re.IGNORECASE,
-)
-_HTTP_CODE = re.compile(r"returned error: (401|403)")
-# variables that make git print its HTTP traffic; never pass them on
-_NOISY_ENV = ("GIT_CURL_VERBOSE", "GIT_TRACE", "GIT_TRACE_CURL", "GIT_TRACE_PACKET",
-              "GIT_TRACE_CURL_NO_DATA", "GIT_TRACE_REDACT")
-
-
-def askpass_script() -> Path:
-    """The GIT_ASKPASS helper, created on first use in a private (0700) temp dir."""
-    global _askpass_path
-    with _askpass_lock:
-        if _askpass_path is None or not _askpass_path.is_file():
-            directory = Path(tempfile.mkdtemp(prefix="prefect-gitops-askpass-"))
-            os.chmod(directory, 0o700)
-            script = directory / "askpass.sh"
-            fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
-            with os.fdopen(fd, "w") as f:
-                f.write(_ASKPASS_SCRIPT)
-            os.chmod(script, stat.S_IRWXU)
-            atexit.register(shutil.rmtree, directory, True)
-            _askpass_path = script
-        return _askpass_path
 
 
 def _split_token(token: SecretStr | str | None, username: str | None) -> tuple[str, SecretStr | None]:
@@ -138,10 +90,9 @@ class GitLabSource(GitSource):
         self.reference = reference
         self.api_url = api_url or _instance_url(clean)
         self.project = _project_path(clean)
-        extra_env = {"GIT_ASKPASS": str(askpass_script()), USERNAME_ENV: username,
-                     PASSWORD_ENV: token.get_secret_value() if token is not None else ""}
-        super().__init__(clean, cache_dir=cache_dir, timeout=timeout, extra_env=extra_env,
-                         attempts=attempts, backoff=backoff)
+        # credentials even without a token: anonymous, but never prompting and never a stored helper's
+        super().__init__(clean, cache_dir=cache_dir, timeout=timeout, attempts=attempts, backoff=backoff,
+                         credentials=Credentials(token, username))
 
     def __repr__(self) -> str:
         return f"GitLabSource({self.display!r}, username={self.username!r})"
@@ -170,53 +121,12 @@ class GitLabSource(GitSource):
         """Like GitSource.resolve; without `ref`, the block's reference (else HEAD)."""
         return super().resolve(ref or self.reference or "HEAD")
 
-    def report_status(self, sha: str, state: str, **kwargs) -> None:
+    def report_status(self, sha: str, state: str, **kwargs: Any) -> None:
         """`report_commit_status` for this repository, with the same token."""
         if not self.api_url or self._token is None:
             raise PermanentError(f"cannot report a commit status for {self.display}: "
                                  "no GitLab API URL or token")
         report_commit_status(self.api_url, self._token, self.project, sha, state, **kwargs)
-
-    # -- GitSource hooks ------------------------------------------------------
-
-    def _env(self) -> dict[str, str]:
-        env = super()._env()
-        for name in _NOISY_ENV:
-            env.pop(name, None)
-        env["GIT_TRACE_REDACT"] = "1"
-        env["GIT_TERMINAL_PROMPT"] = "0"
-        return env
-
-    def _git(self, args: list[str], *, what: str, local: bool = False) -> str:
-        try:
-            return super()._git(["-c", "credential.helper=", *args], what=what, local=local)
-        except GitOpsError as exc:
-            detail = self._scrub(str(exc))
-            logger.debug("git failed: %s", detail)
-            if not local and _AUTH_FAILED.search(detail):
-                raise PermanentError(self._auth_message(detail)) from None
-            raise type(exc)(detail) from None
-
-    def _auth_message(self, detail: str) -> str:
-        match = _HTTP_CODE.search(detail)
-        code = match.group(1) if match else "401"
-        if self._token is None:
-            return (f"GitLab refused anonymous access to {self.display} (HTTP {code}): "
-                    "set a GitLabCredentials token with the read_repository scope")
-        if self.username == "oauth2":
-            hint = "check the GitLabCredentials token and its read_repository scope"
-        else:
-            hint = (f"check the deploy token, its username ({self.username!r}) "
-                    "and its read_repository scope")
-        return f"GitLab rejected the token for {self.display} (HTTP {code}): {hint}"
-
-    def _scrub(self, text: str) -> str:
-        text = super()._scrub(text)
-        if self._token is not None:
-            secret = self._token.get_secret_value()
-            if secret:
-                text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
-        return text
 
 
 def report_commit_status(api_url: str, token: SecretStr, project: str | int, sha: str, state: str, *,

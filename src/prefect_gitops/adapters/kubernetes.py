@@ -11,19 +11,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from typing import TYPE_CHECKING, Any
 
-from prefect_gitops.adapters.process import tail
+from prefect_gitops.adapters.process import RunLogger, tail
 from prefect_gitops.smoke import SmokeResult, SmokeTest
+
+if TYPE_CHECKING:  # for annotations only: the functions below import prefect-kubernetes where they use it
+    from prefect_kubernetes.credentials import KubernetesCredentials
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "prefect-gitops", "app.kubernetes.io/component": "smoke-test"}
 
 
-def job_manifest(test: SmokeTest, environment: str) -> dict:
+def job_manifest(test: SmokeTest, environment: str) -> dict[str, Any]:
     spec = test.policy.kubernetes
     digest = hashlib.sha256(test.image.encode()).hexdigest()[:8]
     name = f"gitops-smoke-{environment[:30]}-{digest}-{secrets.token_hex(2)}"
     labels = {**MANAGED_BY, "prefect-gitops/environment": environment}
-    container: dict = {"name": "smoke", "image": test.image}
+    container: dict[str, Any] = {"name": "smoke", "image": test.image}
     if spec.command is not None:
         container["command"] = list(spec.command)
     if spec.args:
@@ -32,12 +36,12 @@ def job_manifest(test: SmokeTest, environment: str) -> dict:
         container["env"] = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
     if spec.resources:
         container["resources"] = spec.resources
-    pod_spec: dict = {"restartPolicy": "Never", "containers": [container]}
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
     if spec.service_account:
         pod_spec["serviceAccountName"] = spec.service_account
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in spec.image_pull_secrets]
-    job_spec: dict = {
+    job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
         "activeDeadlineSeconds": test.policy.timeout_seconds,
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
@@ -48,7 +52,7 @@ def job_manifest(test: SmokeTest, environment: str) -> dict:
             "metadata": {"name": name, "namespace": spec.namespace, "labels": labels}, "spec": job_spec}
 
 
-async def credentials_for(test: SmokeTest):
+async def credentials_for(test: SmokeTest) -> KubernetesCredentials:
     from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 
     cluster = test.policy.kubernetes.cluster
@@ -60,7 +64,8 @@ async def credentials_for(test: SmokeTest):
     return KubernetesCredentials()  # in-cluster, else the default kubeconfig
 
 
-async def run_kubernetes_test(test: SmokeTest, environment: str, logger, poll_seconds: int = 2) -> SmokeResult:
+async def run_kubernetes_test(test: SmokeTest, environment: str, logger: RunLogger,
+                              poll_seconds: int = 2) -> SmokeResult:
     from kubernetes_asyncio.client.models import V1DeleteOptions
     from prefect_kubernetes.jobs import KubernetesJob, delete_namespaced_job
 
@@ -83,7 +88,7 @@ async def run_kubernetes_test(test: SmokeTest, environment: str, logger, poll_se
         result = SmokeResult(test.id, False, "timeout", f"Job {name} did not finish within {deadline}s",
                              detail={"job": name})
     except RuntimeError as exc:  # prefect-kubernetes: the Job failed
-        reason = "timeout" if "DeadlineExceeded" in str(exc) else "failed"
+        reason = "timeout" if await _deadline_exceeded(credentials, name, namespace) else "failed"
         result = SmokeResult(test.id, False, reason, str(exc), detail={"job": name})
     except Exception as exc:  # API errors: creating or reading the Job failed
         result = SmokeResult(test.id, False, "error", f"{type(exc).__name__}: {str(exc)[:500]}", detail={"job": name})
@@ -101,3 +106,16 @@ async def run_kubernetes_test(test: SmokeTest, environment: str, logger, poll_se
     for line in result.log_tail.splitlines():
         logger.info("smoke test %s | %s", name, line)
     return result
+
+
+async def _deadline_exceeded(credentials: Any, name: str, namespace: str) -> bool:
+    """Whether the Job failed because its activeDeadlineSeconds passed (read from its conditions,
+    not from the client's message)."""
+    from prefect_kubernetes.jobs import read_namespaced_job
+
+    try:
+        job = await read_namespaced_job.fn(kubernetes_credentials=credentials, job_name=name, namespace=namespace)
+    except Exception:  # the Job is gone or the API is away: say failed, the message tells the rest
+        return False
+    conditions = (job.status.conditions if job.status else None) or []
+    return any(c.reason == "DeadlineExceeded" for c in conditions)

@@ -11,6 +11,7 @@ import contextlib
 import os
 from typing import AsyncIterator
 
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.concurrency.asyncio import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -30,7 +31,7 @@ def environment_limit(environment: str) -> str:
     return f"prefect-gitops-env-{environment}"
 
 
-async def ensure_limit(client, name: str, limit: int, enforce: bool) -> None:
+async def ensure_limit(client: PrefectClient, name: str, limit: int, enforce: bool) -> None:
     """Create the limit when missing; set its size when `enforce` (else users may resize it in the UI)."""
     async with api_errors(f"reading concurrency limit {name!r}"):
         try:
@@ -47,7 +48,7 @@ async def ensure_limit(client, name: str, limit: int, enforce: bool) -> None:
 
 
 @contextlib.asynccontextmanager
-async def environment_lock(client, environment: str, timeout_seconds: float) -> AsyncIterator[None]:
+async def environment_lock(client: PrefectClient, environment: str, timeout_seconds: float) -> AsyncIterator[None]:
     name = environment_limit(environment)
     await ensure_limit(client, name, 1, enforce=True)
     try:
@@ -59,7 +60,7 @@ async def environment_lock(client, environment: str, timeout_seconds: float) -> 
                           "nothing was written") from None
 
 
-async def ensure_smoke_test_limit(client) -> None:
+async def ensure_smoke_test_limit(client: PrefectClient) -> None:
     configured = os.environ.get(SMOKE_TEST_LIMIT_ENV)
     await ensure_limit(client, SMOKE_TEST_LIMIT, int(configured) if configured else DEFAULT_SMOKE_TEST_SLOTS,
                        enforce=configured is not None)

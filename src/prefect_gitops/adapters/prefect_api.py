@@ -2,8 +2,9 @@
 
 Reads are paginated and filtered to the managed names, so a reconcile costs
 a constant number of requests per 200 targets, never one per deployment.
-Writes send a whole target's merged body (the server replaces job_variables
-and base_job_template wholesale). HTTP failures are mapped to
+Writes send a whole target's merged body, built by its kind (kinds/; the
+server replaces job_variables and base_job_template wholesale): this class
+implements every kind's writes protocol (kinds.PrefectWrites). HTTP failures are mapped to
 TransientError (5xx, 429, network) or PermanentError (other 4xx).
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
+from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient
@@ -27,13 +29,14 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import DeploymentSort, FlowSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventOrder
+from prefect.events.schemas.events import ReceivedEvent
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from prefect_gitops.adapters import state_store
 from prefect_gitops.drift_events import CHANGE_EVENTS, ChangeEvent
 from prefect_gitops.errors import PermanentError, TransientError
-from prefect_gitops.plan import ActualState, Change, DeploymentActual, PoolActual, QueueActual
-from prefect_gitops.plan import deployment_job_variables_after, pool_template_after
+from prefect_gitops.kinds import kind_of_event
+from prefect_gitops.plan import ActualState, DeploymentActual, PoolActual, QueueActual
 from prefect_gitops.state import EnvironmentState
 
 PAGE = 200  # the server's cap on one read
@@ -148,36 +151,34 @@ class PrefectAPI:
             if page.total > at_most:
                 return None
             while True:
-                events.extend(_change_event(e) for e in page.events)
+                events.extend(c for c in map(_change_event, page.events) if c is not None)
                 if not page.next_page or len(events) >= page.total:
                     return events
-                page = await self.client.read_events_page(page.next_page)
+                page = await self.client.read_events_page(str(page.next_page))
 
     # -- writes -------------------------------------------------------------------------------
 
-    async def write_work_pool(self, pool: PoolActual, changes: list[Change]) -> None:
-        template = pool_template_after(pool, changes)
-        async with api_errors(f"updating work pool {pool.name!r}"):
-            await self.client.update_work_pool(pool.name, WorkPoolUpdate(base_job_template=template))
+    async def update_work_pool(self, name: str, base_job_template: dict[str, Any]) -> None:
+        async with api_errors(f"updating work pool {name!r}"):
+            await self.client.update_work_pool(name, WorkPoolUpdate(base_job_template=base_job_template))
 
-    async def write_deployment(self, deployment: DeploymentActual, changes: list[Change]) -> None:
-        variables = deployment_job_variables_after(deployment, changes)
-        async with api_errors(f"updating deployment {deployment.name!r}"):
-            await self.client.update_deployment(deployment.id, DeploymentUpdate(job_variables=variables))
+    async def update_deployment(self, name: str, deployment_id: str, job_variables: dict[str, Any]) -> None:
+        async with api_errors(f"updating deployment {name!r}"):
+            await self.client.update_deployment(UUID(deployment_id), DeploymentUpdate(job_variables=job_variables))
 
-    async def write_work_queue(self, queue: QueueActual, changes: list[Change]) -> None:
-        fields = {"is_paused" if c.key == "paused" else c.key: c.new for c in changes if c.action == "set"}
-        pool, name = queue.name.split("/", 1)
-        async with api_errors(f"{'updating' if queue.id else 'creating'} work queue {queue.name!r}"):
-            queue_id = queue.id
+    async def create_or_update_work_queue(self, pool: str, name: str, queue_id: str | None,
+                                          fields: dict[str, Any]) -> None:
+        """Create the queue with `fields` (when it has no id yet), else update them."""
+        full_name = f"{pool}/{name}"
+        async with api_errors(f"{'updating' if queue_id else 'creating'} work queue {full_name!r}"):
             if queue_id is None:
                 try:
                     await self.client.create_work_queue(name=name, work_pool_name=pool, **fields)
                     return
                 except ObjectAlreadyExists:  # another environment's reconcile created it just now
-                    queue_id = (await self.client.read_work_queue_by_name(name, work_pool_name=pool)).id
+                    queue_id = str((await self.client.read_work_queue_by_name(name, work_pool_name=pool)).id)
             if fields:
-                await self.client.update_work_queue(queue_id, **fields)
+                await self.client.update_work_queue(UUID(queue_id), **fields)
 
     # -- the environment's recorded state (blocks named gitops-<env>, see state_store.py) -----------
 
@@ -192,17 +193,20 @@ class PrefectAPI:
             return await state_store.write_state(self.client, state, handle)
 
 
-def _change_event(event) -> ChangeEvent:
-    _, kind, action = event.event.split(".", 2)
+def _change_event(event: ReceivedEvent) -> ChangeEvent | None:
+    found = kind_of_event(event.event)
+    if found is None:  # not a registered kind's (only those are asked for: CHANGE_EVENTS)
+        return None
+    target_kind, action = found
     name = event.resource.get("prefect.resource.name")
     # deployments are known by "<flow>/<deployment>" and queues by "<pool>/<queue>": the event
     # names the flow or the pool as a related resource
-    parent_role = {"deployment": "flow", "work-queue": "work-pool"}.get(kind)
+    parent_role = target_kind.event_parent_role
     if parent_role is not None and name is not None:
         parent = next((r.get("prefect.resource.name") for r in event.related if r.role == parent_role), None)
         name = f"{parent}/{name}" if parent else None
     updates = event.payload.get("updates") if isinstance(event.payload, dict) else None
-    return ChangeEvent(target_type=kind.replace("-", "_"), target=name, action=action, occurred=event.occurred,
+    return ChangeEvent(target_type=target_kind.name, target=name, action=action, occurred=event.occurred,
                        updates=updates if isinstance(updates, dict) else {})
 
 
@@ -220,7 +224,7 @@ async def bounded_gather(limit: int, jobs: list[Callable[[], Awaitable[T]]]) -> 
     """Run jobs with at most `limit` in flight; return results or exceptions in order."""
     semaphore = asyncio.Semaphore(max(1, limit))
 
-    async def one(job):
+    async def one(job: Callable[[], Awaitable[T]]) -> T:
         async with semaphore:
             return await job()
 

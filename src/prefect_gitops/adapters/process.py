@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+from typing import TypeAlias
 
 from prefect_gitops.smoke import SmokeResult, SmokeTest
+
+# what smoke tests log to: Prefect's run logger (get_run_logger()) or a plain logger outside a run
+RunLogger: TypeAlias = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 NOT_ISOLATED = ("process smoke test: runs {command} on the worker's machine with SMOKE_IMAGE={image}; "
                 "it does NOT run or isolate the image itself")
@@ -15,7 +20,7 @@ def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-async def run_process_test(test: SmokeTest, logger) -> SmokeResult:
+async def run_process_test(test: SmokeTest, logger: RunLogger) -> SmokeResult:
     spec = test.policy.process
     assert spec is not None  # resolve() refuses kind process without it
     logger.warning(NOT_ISOLATED.format(command=spec.command, image=test.image))

@@ -19,11 +19,12 @@ keys in sync and adds no second entry).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from uuid import UUID
 
 from prefect.blocks.core import Block
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import BlockDocumentUpdate
+from prefect.client.schemas.objects import BlockDocument
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from pydantic import Field, TypeAdapter
 
@@ -70,13 +71,13 @@ class GitOpsEnvironmentHistory(Block):
 class StateHandle:
     """What a write needs to know about what was read."""
 
-    state_document: Any | None
-    history_document: Any | None
+    state_document: BlockDocument | None
+    history_document: BlockDocument | None
     history_loaded: bool
     persisted: set[int] = field(default_factory=set)  # id() of the history entries already stored
 
 
-async def _read_document(client: PrefectClient, name: str, slug: str):
+async def _read_document(client: PrefectClient, name: str, slug: str) -> BlockDocument | None:
     try:
         return await client.read_block_document_by_name(name=name, block_type_slug=slug)
     except ObjectNotFound:
@@ -134,7 +135,7 @@ async def write_state(client: PrefectClient, state: EnvironmentState, handle: St
     return handle
 
 
-async def _save(client: PrefectClient, name: str, document: Any | None, block: Block):
+async def _save(client: PrefectClient, name: str, document: BlockDocument | None, block: Block) -> BlockDocument:
     """Replace the document's data (with this block's schema, which also moves a document in an
     older format to this one), or create it on the first write."""
     if document is None:
@@ -142,7 +143,7 @@ async def _save(client: PrefectClient, name: str, document: Any | None, block: B
         await block.asave(name, overwrite=True, client=client)
         return await client.read_block_document_by_name(name=name, block_type_slug=block.get_block_type_slug())
     data = block.model_dump(mode="json", exclude={"block_type_slug"})
-    schema_id = document.block_schema_id
+    schema_id: UUID | None = document.block_schema_id
     if set(document.data or {}) != set(data):
         await register_block_type(client, block)
         schema_id = block._block_schema_id
