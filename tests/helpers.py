@@ -174,36 +174,62 @@ def cli_json(*args: str, check_codes=(0,)) -> tuple[int, dict]:
     return done.returncode, json.loads(done.stdout)
 
 
-def read_events(event: str, environment: str, wait: float = 20.0) -> list[dict]:
-    """Events of one environment, read back from the server (persisted asynchronously, so poll)."""
+EVENTS_WAIT = 90.0  # generous: the server persists events in batches, later still on a loaded machine
+
+
+def read_events(event: str, environment: str, *, flow_run_id: str | None = None, count: int = 1,
+                wait: float = EVENTS_WAIT) -> list[dict]:
+    """The `event` events of one environment, newest first, read back from the server once at least
+    `count` of them are there (only those of the flow run `flow_run_id`, when given): events are
+    persisted asynchronously, a moment after they are emitted, so this polls until they are all in.
+    Fails when they are not there after `wait` seconds."""
+    run_id = None if flow_run_id is None else str(flow_run_id)
+
+    def of_the_run(events: list[dict]) -> list[dict]:
+        return [ev for ev in events if run_id is None or ev.get("payload", {}).get("flow_run_id") == run_id]
+
     return _poll_events({"event": {"name": [event]},
-                         "resource": {"id": [f"prefect-gitops.environment.{environment}"]}}, wait)
+                         "resource": {"id": [f"prefect-gitops.environment.{environment}"]}},
+                        wait, select=of_the_run, count=count,
+                        what=f"{count} {event} event(s) of {environment}"
+                             + (f" from flow run {run_id}" if run_id else ""))
 
 
-def wait_for_change_event(event: str, resource_id: str, since, wait: float = 30.0) -> list[dict]:
+def wait_for_change_event(event: str, resource_id: str, since, wait: float = EVENTS_WAIT) -> list[dict]:
     """Until the server's event log shows `event` (e.g. prefect.deployment.updated) for that resource
     (e.g. prefect.deployment.<id>) since `since`: the server persists events a moment after the
     change, and a drift check that asks the log sees a change only once it is there."""
-    events = _poll_events({"event": {"name": [event]}, "resource": {"id": [resource_id]}}, wait,
-                          since=since.isoformat())
-    assert events, f"no {event} event for {resource_id} within {wait} s"
-    return events
+    return _poll_events({"event": {"name": [event]}, "resource": {"id": [resource_id]}}, wait,
+                        since=since.isoformat(), what=f"a {event} event for {resource_id} since {since.isoformat()}")
 
 
-def _poll_events(flt: dict, wait: float, since: str = "2000-01-01T00:00:00Z") -> list[dict]:
+def _poll_events(flt: dict, wait: float, since: str = "2000-01-01T00:00:00Z", *, select=None, count: int = 1,
+                 what: str = "the expected events") -> list[dict]:
+    """The events matching `flt` (every page, newest first), narrowed by `select`, once there are at
+    least `count` of them; an AssertionError naming `what` and showing what was there after `wait` s."""
     import time
 
     import httpx
 
     url = os.environ["PREFECT_API_URL"]
-    body = {"filter": {**flt, "occurred": {"since": since}}, "limit": 50}
+    body = {"filter": {**flt, "occurred": {"since": since}, "order": "DESC"}, "limit": 50}
     deadline = time.monotonic() + wait
     while True:
-        response = httpx.post(f"{url}/events/filter", json=body, timeout=10)
+        response = httpx.post(f"{url}/events/filter", json=body, timeout=30)
         response.raise_for_status()
-        events = response.json()["events"]
-        if events or time.monotonic() > deadline:
-            return events
+        page = response.json()
+        events = list(page["events"])
+        while page.get("next_page") and len(events) < page.get("total", 0):
+            response = httpx.get(page["next_page"], timeout=30)
+            response.raise_for_status()
+            page = response.json()
+            events.extend(page["events"])
+        selected = select(events) if select else events
+        if len(selected) >= count:
+            return selected
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not on the server after {wait:.0f} s; there were {len(selected)}: "
+                                 f"{json.dumps(selected)[:3000]}")
         time.sleep(0.5)
 
 

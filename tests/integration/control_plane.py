@@ -81,5 +81,15 @@ class ControlPlane:
         return {"rollout": {"control_queue": {"work_pools": [self.pool]}},
                 "deployments": {self.workload: {"job_variables": {"image": image}}}}
 
+    def trigger(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`prefect-gitops trigger ARGS`, the console script by name, as CI's rollout job runs it."""
+        return subprocess.run(["prefect-gitops", "trigger", *args], cwd=REPO_ROOT, env=self.env_vars(),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def worker_log(self, chars: int = 3000) -> str:
+        """The end of the worker's log, for assertion messages."""
+        path = self.tmp / "worker.log"
+        return "worker log tail:\n" + (path.read_text()[-chars:] if path.exists() else "<none>")
+
     def stop(self) -> None:
         self._stack.close()

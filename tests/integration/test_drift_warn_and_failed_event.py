@@ -4,7 +4,6 @@ failed reconcile: real server, real Git, the CLI as a subprocess."""
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
 
@@ -72,14 +71,9 @@ def test_plan_exits_2_for_drift_in_warn_mode_and_apply_only_warns(estate):
     assert [(c["reason"], c["apply"]) for c in planned["changes"]] == [("drift", False)], planned
 
 
-def events_of_run(env: str, flow_run_id: str, timeout: float = 30.0) -> list[dict]:
+def events_of_run(env: str, flow_run_id: str) -> list[dict]:
     """The failed events of one flow run, once the server has persisted them."""
-    deadline = time.monotonic() + timeout
-    while True:
-        events = [ev for ev in read_events(FAILED, env, wait=0) if ev["payload"].get("flow_run_id") == flow_run_id]
-        if events or time.monotonic() > deadline:
-            return events
-        time.sleep(0.5)
+    return read_events(FAILED, env, flow_run_id=flow_run_id)
 
 
 def test_a_failed_reconcile_emits_the_failed_event_with_its_revision(estate):

@@ -108,9 +108,9 @@ def test_gitlab_block_source_reconciles_and_reports_a_commit_status(tmp_path):
         assert deployment_job_variables(f"{flow}/daily") == {"image": "flows:gl-1"}
 
     everything = json.dumps(report) + str(state.message) + read_artifacts(f"gitops-{env}")[0].data
-    failed_events = read_events("prefect-gitops.reconcile.failed", env)
-    applied_events = read_events("prefect-gitops.reconcile.applied", env)
-    assert failed_events and applied_events  # the scan below reads something
+    # the scan below reads the events of the first (applied) and the last (wrong token) run
+    failed_events = read_events("prefect-gitops.reconcile.failed", env, flow_run_id=flow_run_ids[-1])
+    applied_events = read_events("prefect-gitops.reconcile.applied", env, flow_run_id=flow_run_ids[0])
     everything += json.dumps(failed_events) + json.dumps(applied_events)
     everything += read_state(env)[0].model_dump_json()
 

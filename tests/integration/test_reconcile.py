@@ -127,14 +127,17 @@ def test_drift_is_corrected_and_reported(estate):
 
     drift_events = read_events("prefect-gitops.reconcile.drift-detected", e["env"])
     assert len(drift_events) == 1
+    assert drift_events[0]["payload"]["flow_run_id"] == applied["flow_run_id"]
     payload = drift_events[0]["payload"]
     assert payload["revision"] == applied["revision"]
     assert payload["deployments"] == [e["daily"]] and payload["work_pools"] == [e["pool"]]
     related = {r["prefect.resource.id"].split(".")[1] for r in drift_events[0]["related"]
                if r.get("prefect.resource.role") == "gitops-target"}
     assert related == {"deployment", "work-pool"}
-    applied_events = read_events("prefect-gitops.reconcile.applied", e["env"])
-    assert len(applied_events) == 2  # the first apply and the drift correction
+    # the first apply's and the drift correction's (wait for both: they are persisted independently)
+    applied_events = read_events("prefect-gitops.reconcile.applied", e["env"], count=2)
+    assert len(applied_events) == 2
+    assert applied_events[0]["payload"]["flow_run_id"] == applied["flow_run_id"]  # newest first
 
 
 def test_drift_warn_reports_without_writing(estate):

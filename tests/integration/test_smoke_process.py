@@ -80,9 +80,8 @@ def test_failed_smoke_test_holds_everything_back_by_default(estate):
 
     md = read_artifacts(f"gitops-{e['env']}")[0].data
     assert "held back" in md and "boom: cannot start" in md and "exit code 3" in md
-    events = read_events("prefect-gitops.smoke-test.failed", e["env"])
-    assert events[0]["payload"]["image"] == "flows:2.0.0-bad"
-    assert events[0]["payload"]["targets"] == [e["b"]]
+    events = read_events("prefect-gitops.smoke-test.failed", e["env"], flow_run_id=result["flow_run_id"])
+    assert [(ev["payload"]["image"], ev["payload"]["targets"]) for ev in events] == [("flows:2.0.0-bad", [e["b"]])]
     state, _ = read_state(e["env"])
     assert state.last_applied_revision is None and state.condition.reason == "SmokeTestFailed"
 
@@ -158,8 +157,8 @@ def test_manual_rollback_by_revision_and_by_steps(estate):
     assert "rolled back:              yes (manual)" in status
     code, st = cli_json("status", "--env", e["env"])
     assert st["rolled_back"]["from_revision"] == r3 and st["last_applied_revision"] == r1
-    events = read_events("prefect-gitops.rollback", e["env"])
-    assert events and events[0]["payload"]["revision"] == r1
+    events = read_events("prefect-gitops.rollback", e["env"], flow_run_id=out["flow_run_id"])
+    assert [ev["payload"]["revision"] for ev in events] == [r1]
 
     # --force re-applies r3
     result = apply(e, "--force")

@@ -2,20 +2,27 @@
 
 The test server serves the UI at PREFECT_UI_URL. The test opens the deployment's page, goes to its
 Custom run form, checks every parameter's title and description (and the Drift mode options), turns
-Dry run on, submits, and waits for the real worker to finish the run. Screenshots of the form and of
-the completed flow run land in test-artifacts/ at the repo root; on failure, a screenshot and the
-page's HTML land there too and the assertion message names them.
+Dry run on, submits, and waits for the real worker to finish the run. Every description must show in
+the form exactly as written: the UI renders them as Markdown, which drops `<word>` as an HTML tag and
+eats `*`, `_` and backslashes, so a description it mangles fails the test. The README promises the
+form's dry run "writes nothing": everything a reconcile of qa could write (the workload's job
+variables, the control pool's template and queues, the recorded state and history blocks, the
+environment's lock limit) is read back from the server after the run and must be as it was before,
+and the run's outcome must be the documented one (`planned`, "Planned only (dry run): nothing was
+written", every change "not applied"). Screenshots of the form and of the completed flow run land in
+test-artifacts/ at the repo root; on failure, a screenshot and the page's HTML land there too and the
+assertion message names them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -34,6 +41,7 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 DEPLOYMENT = "gitops-reconcile/reconcile-qa"
+RECONCILES = (DEPLOYMENT, "gitops-reconcile/reconcile-prod")
 UI_TIMEOUT_MS = 30_000
 RUN_TIMEOUT_S = 180
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -42,6 +50,14 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 @pytest.fixture(scope="module")
 def control_plane(tmp_path_factory):
     plane = ControlPlane(tmp_path_factory.mktemp("control-ui")).start()
+    # reconcile-qa and reconcile-prod run every 5 minutes: on a slow machine a scheduled (not dry) run
+    # could write while the test watches the dry run. Their schedules are turned off (the server drops
+    # their pending runs), so the only reconcile here is the one the form starts; the test checks that
+    with sync_client() as client:
+        for name in RECONCILES:
+            deployment = client.read_deployment_by_name(name)
+            for schedule in client.read_deployment_schedules(deployment.id):
+                client.update_deployment_schedule(deployment.id, schedule.id, active=False)
     yield plane
     plane.stop()
 
@@ -108,9 +124,57 @@ def screenshot(page: Page, name: str) -> Path:
     return path
 
 
-def rendered(description: str) -> list[str]:
-    """The pieces of a description the UI's Markdown renderer shows: it drops `<word>` as an HTML tag."""
-    return [piece for piece in re.split(r"<[^<>\s]+>", description) if piece.strip()]
+def normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
+def as_read(description: str) -> str:
+    """What a description should show in the form: its words as written, code spans without their backticks."""
+    return normalized(re.sub(r"`([^`]+)`", r"\1", description))
+
+
+def server_record(plane: ControlPlane) -> dict:
+    """Everything a reconcile of qa could write, read back from the server (README: the targets, the
+    "Where the record lives" blocks, the environment's lock limit)."""
+    from prefect.exceptions import ObjectNotFound
+
+    from prefect_gitops.adapters.locks import environment_limit
+    from prefect_gitops.adapters.state_store import HISTORY_BLOCK_TYPE, STATE_BLOCK_TYPE, state_block_name
+
+    record: dict = {}
+    with sync_client() as client:
+        pool = client.read_work_pool(plane.pool)
+        record["pool"] = (pool.base_job_template, pool.concurrency_limit, pool.is_paused)
+        record["queues"] = sorted((q.name, q.priority, q.concurrency_limit, q.is_paused)
+                                  for q in client.read_work_queues(work_pool_name=plane.pool))
+        record["deployments"] = {name: client.read_deployment_by_name(name).job_variables
+                                 for name in (plane.workload, plane.prod_workload)}
+        for slug in (STATE_BLOCK_TYPE, HISTORY_BLOCK_TYPE):
+            try:
+                document = client.read_block_document_by_name(name=state_block_name(plane.env), block_type_slug=slug,
+                                                              include_secrets=True)
+                record[slug] = (str(document.id), str(document.block_schema_id), document.data)
+            except ObjectNotFound:
+                record[slug] = None
+        try:
+            limit = client.read_global_concurrency_limit_by_name(environment_limit(plane.env))
+            record["lock"] = (str(limit.id), limit.limit, limit.active, limit.active_slots)
+        except ObjectNotFound:
+            record["lock"] = None
+    return record
+
+
+def reconcile_runs() -> dict[str, str]:
+    """Every flow run of the reconcile deployments (other test modules' too: same names), by id: its state."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with sync_client() as client:
+        ids = [client.read_deployment_by_name(name).id for name in RECONCILES]
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)))
+    return {str(r.id): r.state_name or "" for r in runs}
+
+
+PLAN_ROW = re.compile(r"^\| (\w+) `(.+?)` \| `(.+?)` \| `(.*?)` → `(.*?)` \| (.+?) \| (.+?) \|$")
 
 
 def test_custom_run_form_submits_a_dry_run_that_completes(control_plane, page):
@@ -119,6 +183,8 @@ def test_custom_run_form_submits_a_dry_run_that_completes(control_plane, page):
     schema = deployment.parameter_openapi_schema
     deployment_url = f"{ui_url()}/deployments/deployment/{deployment.id}"
     worker_log = lambda: "worker log tail:\n" + (control_plane.tmp / "worker.log").read_text()[-3000:]  # noqa: E731
+    runs_before = reconcile_runs()
+    before = server_record(control_plane)
 
     with step(page, "deployment-page"):
         page.goto(deployment_url, wait_until="domcontentloaded")
@@ -131,19 +197,19 @@ def test_custom_run_form_submits_a_dry_run_that_completes(control_plane, page):
     with step(page, "run-form"):
         expect(page.get_by_text("Parameters", exact=True).first).to_be_visible()
         expect(form_property(page, "Dry run")).to_have_count(1)
-        markdown_swallowed = []
+        mangled = []
         for key, prop in schema["properties"].items():
             field = form_property(page, prop["title"])
             expect(field, f"field {key!r} titled {prop['title']!r}").to_have_count(1)
             description = field.locator(".schema-form-property__description")
-            pieces = rendered(prop["description"])
-            if pieces != [prop["description"]]:
-                markdown_swallowed.append(f"{key}: {prop['description']!r}")
-            for piece in pieces:
-                expect(description, f"description of {key!r}").to_contain_text(piece.strip())
-        if markdown_swallowed:
-            warnings.warn("the UI renders descriptions as Markdown and drops <word> as an HTML tag; "
-                          "put it in backticks: " + "; ".join(markdown_swallowed))
+            expect(description, f"description of {key!r}").to_have_count(1)
+            # the field is on the page, so is its description: what it shows now is what users read
+            shown = normalized(description.inner_text())
+            if shown != as_read(prop["description"]):
+                mangled.append(f"{key}: written {prop['description']!r}, shown {shown!r}")
+        assert not mangled, ("the UI renders parameter descriptions as Markdown and shows these differently "
+                             "from how they are written (a <word> is dropped as an HTML tag; *, _ and \\ "
+                             "are eaten): put such text in backticks or reword it:\n" + "\n".join(mangled))
 
         required = form_property(page, "Environment")
         expect(required.locator(".schema-form-property__label")).to_have_text(re.compile(r"^\s*Environment\s*$"))
@@ -206,6 +272,46 @@ def test_custom_run_form_submits_a_dry_run_that_completes(control_plane, page):
     assert run.state_type is not None and run.state_type.value == "COMPLETED", (
         f"flow run {run.name} ({run.id}) is {run.state_name}: {run.state.message if run.state else ''}\n{worker_log()}")
     assert run.parameters["dry_run"] is True and run.parameters["environment"] == "qa", run.parameters
+
+    # the dry run wrote nothing: what a reconcile of qa could write is as it was before the form was sent
+    # (and no other reconcile ran meanwhile: any change is the dry run's)
+    after = server_record(control_plane)
+    runs_after = reconcile_runs()
+    meanwhile = {i: state for i, state in runs_after.items() if i != submitted["id"] and runs_before.get(i) != state}
+    assert not meanwhile and submitted["id"] not in runs_before, (runs_before, runs_after)
+    for what in before:
+        assert after[what] == before[what], f"the dry run wrote {what}: before {before[what]!r}, after {after[what]!r}"
+
+    # and its outcome is the documented one: status planned, every change of the plan not applied
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with sync_client() as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["gitops-qa"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    assert len(artifacts) == 1, artifacts
+    artifact = artifacts[0]
+    assert artifact.description == "prefect-gitops reconcile of qa: planned"
+    report = artifact.data
+    assert "**Outcome:** Planned only (dry run): nothing was written  \n" in report, report
+    rows = [m.groups() for m in map(PLAN_ROW.match, report.splitlines()) if m]
+    assert rows and {row[-1] for row in rows} == {"not applied"}, report
+    queue = f"{control_plane.pool}/prefect-gitops"
+    # `prefect deploy` created the control queue (the deployments' work_queue_name) with the next free
+    # priority and no limit; qa's control_queue wants priority 1 and limit 2
+    assert ("prefect-gitops", 2, None, False) in before["queues"], before["queues"]
+    assert sorted(row[:6] for row in rows if row[1] in (control_plane.workload, queue)) == [
+        ("deployment", control_plane.workload, "image", "(absent)", '"flows:qa-1"', "desired"),
+        ("work_queue", queue, "concurrency_limit", "null", "2", "desired"),
+        ("work_queue", queue, "priority", "2", "1", "desired"),
+    ], report
+    # anything else in the plan is a key an earlier test's qa file had applied (same server, same env),
+    # in qa's recorded inventory and no longer in Git
+    recorded = before["gitops-environment-state"]
+    inventory = json.loads(recorded[2]["state_json"])["inventory"] if recorded else {}
+    others = [row for row in rows if row[1] not in (control_plane.workload, queue)]
+    assert all(row[5].endswith("(removed from Git)") and row[2] in inventory.get(f"{row[0]}s", {}).get(row[1], {})
+               for row in others), (report, inventory)
+    assert f"**Message:** {len(rows)} change(s) pending in 1 wave(s), 0 smoke test(s) to run\n" in report, report
 
     with step(page, "flow-run-page", worker_log):
         page.goto(f"{ui_url()}/runs/flow-run/{run.id}", wait_until="domcontentloaded")

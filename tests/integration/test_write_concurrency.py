@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from helpers import GitRepo, create_deployment, create_pool, uid
-from test_waves_and_promotion import WriteRecorder
+from write_recorder import WriteRecorder
 
 
 def test_apply_concurrency_1_bounds_the_writes(tmp_path):
