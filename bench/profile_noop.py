@@ -56,6 +56,7 @@ async def profile(server: bench.Server, repo_url: str, reps: int, event_log: boo
     from prefect.client.orchestration import PrefectClient
 
     import prefect_gitops.reconcile as reconcile_module
+    import prefect_gitops.record as record_module
     from prefect_gitops.adapters.git import GitSource
     from prefect_gitops.adapters.locks import environment_lock
     from prefect_gitops.adapters.prefect_api import PrefectAPI
@@ -67,8 +68,9 @@ async def profile(server: bench.Server, repo_url: str, reps: int, event_log: boo
         timed(PrefectAPI, name, steps)
     for name in ("resolve",):
         timed(GitSource, name, steps)
-    for name in ("load_environment", "plan", "finish_apply"):
+    for name in ("load_environment", "plan"):
         timed(reconcile_module, name, steps)
+    timed(record_module, "finish_apply", steps)
     totals, reads = [], []
     async with PrefectClient(server.url) as client:
         api = PrefectAPI(client)
