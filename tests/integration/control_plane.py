@@ -33,9 +33,12 @@ def deployable_prefect_file(target: Path, schedule_interval: int | None = None) 
 
 
 class ControlPlane:
-    def __init__(self, tmp: Path, schedule_interval: int | None = None):
+    def __init__(self, tmp: Path, schedule_interval: int | None = None, schedules_active: bool = True):
         self.tmp = tmp
         self.schedule_interval = schedule_interval
+        # a test that counts the reconciles' runs deploys the schedules paused (declared, not firing):
+        # on a slow machine a 5-minute tick would otherwise land inside it
+        self.schedules_active = schedules_active
         self.pool = f"control-{uid()}"
         self.env = "qa"
         self.repo = GitRepo(tmp / "gitops")
@@ -67,7 +70,11 @@ class ControlPlane:
         GitOpsSource(url=self.repo.url, ref="main").save("gitops-source", overwrite=True)
 
         prefect_file = self.tmp / "prefect.yaml"
-        deployable_prefect_file(prefect_file, self.schedule_interval)
+        deployable = deployable_prefect_file(prefect_file, self.schedule_interval)
+        if not self.schedules_active:
+            for deployment in deployable["deployments"]:
+                deployment["schedules"] = [{**s, "active": False} for s in deployment.get("schedules") or []]
+            prefect_file.write_text(yaml.safe_dump(deployable, sort_keys=False))
         done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
                                "--prefect-file", str(prefect_file)], cwd=REPO_ROOT, env=self.env_vars(),
                               capture_output=True, text=True, timeout=300)

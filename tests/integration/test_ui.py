@@ -49,15 +49,10 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 @pytest.fixture(scope="module")
 def control_plane(tmp_path_factory):
-    plane = ControlPlane(tmp_path_factory.mktemp("control-ui")).start()
-    # reconcile-qa and reconcile-prod run every 5 minutes: on a slow machine a scheduled (not dry) run
-    # could write while the test watches the dry run. Their schedules are turned off (the server drops
-    # their pending runs), so the only reconcile here is the one the form starts; the test checks that
-    with sync_client() as client:
-        for name in RECONCILES:
-            deployment = client.read_deployment_by_name(name)
-            for schedule in client.read_deployment_schedules(deployment.id):
-                client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+    plane = ControlPlane(tmp_path_factory.mktemp("control-ui"), schedules_active=False).start()
+    # reconcile-qa and reconcile-prod are deployed with their schedules paused: on a slow machine a
+    # scheduled (not dry) run could write while the test watches the dry run, so the only reconcile
+    # here is the one the form starts; the test checks that
     yield plane
     plane.stop()
 
