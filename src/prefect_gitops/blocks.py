@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from prefect.blocks.core import Block
 from prefect_gitlab import GitLabCredentials
-from pydantic import Field, HttpUrl, SecretStr
+from pydantic import Field, HttpUrl, SecretStr, model_validator
 
 from prefect_gitops.model import SmokeTestPolicy
+from prefect_gitops.signatures import SignatureMode, SignaturePolicy
 
 if TYPE_CHECKING:  # for the annotation only: to_source() imports the Git adapter when called
     from prefect_gitops.adapters.git import GitSource
@@ -47,6 +48,26 @@ print(source.url, source.ref)
         default=None,
         description="GitLab project (id or group/name); with gitlab_credentials.url set, each reconcile "
                     "reports its result as a commit status on the revision.")
+    # signed commits: set here, never in the repository they govern (a commit cannot vouch for itself)
+    verify_signatures: Literal["off", "gpg", "ssh"] = Field(
+        default="off", description="Apply only revisions signed by a trusted signer: gpg (trusted_gpg_keys) "
+                                   "or ssh (allowed_signers); off: no check.")
+    trusted_gpg_keys: Optional[str] = Field(
+        default=None, description="ASCII-armored OpenPGP public keys trusted to sign revisions (verify_signatures gpg).")
+    allowed_signers: Optional[str] = Field(
+        default=None, description="ssh allowed-signers lines (principal, key type, public key) trusted to sign "
+                                  "revisions (verify_signatures ssh).")
+
+    @model_validator(mode="after")
+    def _signature_settings_usable(self) -> GitOpsSource:
+        problems = self.signature_policy().problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def signature_policy(self) -> SignaturePolicy:
+        return SignaturePolicy(mode=SignatureMode(self.verify_signatures), trusted_gpg_keys=self.trusted_gpg_keys or "",
+                               allowed_signers=self.allowed_signers or "")
 
     def to_source(self, cache_dir: Path | None = None) -> GitSource:
         """The Git source for this block (GitLab-aware when credentials are set)."""

@@ -31,6 +31,14 @@ class RefNotFound(PermanentError):
     """Git answered that the remote has no such ref or commit (the git runner tells it apart)."""
 
 
+class SignatureRefused(PermanentError):
+    """The revision is not signed by a signer the source block trusts; nothing was applied."""
+
+    def __init__(self, revision: str, message: str):
+        self.revision = revision
+        super().__init__(message)
+
+
 class RolloutHeld(GitOpsError):
     """A gate (suspension, a closed sync window, the promotion gate) holds the revision: planned and
     reported, nothing applied. Carries the run's status and the condition's reason (status.py)."""

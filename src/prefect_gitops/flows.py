@@ -75,6 +75,7 @@ async def reconcile(
         concurrency=concurrency, flow_run_id=_flow_run_id(), force=force, override_windows=override_windows,
         full_check=full_check,
         defaults=defaults or None,
+        signatures=block.signature_policy() if block else None,  # the block's, even for a source_url given instead
     )
     async with get_client() as client:
         from prefect_gitops.adapters.task_runs import TaskRunSteps

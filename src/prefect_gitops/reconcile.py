@@ -24,6 +24,8 @@ from prefect_gitops.plan import ActualState, Change, DriftMode, Plan, plan
 from prefect_gitops.record import record_outcome, record_refused, record_source_failure
 from prefect_gitops.result import ReconcileResult
 from prefect_gitops.rollback import RollbackRequest, WaveToUndo, rollback, undo_wave
+from prefect_gitops.signature_check import verify_revision
+from prefect_gitops.signatures import SignaturePolicy
 from prefect_gitops.smoke import SmokeResult, SmokeTest, gate, policy_problems, smoke_tests_for
 from prefect_gitops.state import Condition, EnvironmentState, Inventory, utcnow
 from prefect_gitops.status import Reason, Status
@@ -56,6 +58,7 @@ class ReconcileRequest:
     force: bool = False  # apply even the revision a rollback moved away from
     override_windows: bool = False  # apply inside a deny window / outside every allow window
     defaults: dict[str, Any] | None = None  # sections from the policy default blocks; the file wins
+    signatures: SignaturePolicy | None = None  # the source block's signers; None: revisions are not verified
 
 
 async def reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None = None,
@@ -96,6 +99,9 @@ class Reconciler:
     async def _walk(self) -> None:
         if not await self.fetch():
             return
+        await verify_revision(self.request.source, self.revision, self.request.signatures,  # before build
+                              environment=self.request.environment, api=self.api, lock=self.lock,
+                              record=not self.request.dry_run, ref=self.request.ref, at=self.now)
         self.build()
         if self.request.dry_run or self.lock is None:
             if self.build_error:

@@ -108,6 +108,7 @@ class Reason(StrEnum):
     ROLLED_BACK = "RolledBack"
     VALIDATION_FAILED = "ValidationFailed"
     SOURCE_FAILED = "SourceFailed"
+    SIGNATURE_INVALID = "SignatureInvalid"  # the revision is unsigned or signed by an untrusted signer
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     SYNC_WINDOW_CLOSED = "SyncWindowClosed"

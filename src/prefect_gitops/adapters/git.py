@@ -20,7 +20,9 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from prefect_gitops.adapters.git_runner import Credentials, GitRunner, display_url, scrub_credentials
 from prefect_gitops.adapters.git_write import GitWriter
+from prefect_gitops.adapters.signatures import verify_commit
 from prefect_gitops.errors import PermanentError, RefNotFound, TransientError
+from prefect_gitops.signatures import SignaturePolicy, SignatureVerdict
 
 __all__ = ["SHA_PATTERN", "Credentials", "GitSource", "Source", "default_cache_dir", "display_url",
            "scrub_credentials"]
@@ -41,6 +43,9 @@ class Source(Protocol):
 
     def checkout(self, sha: str) -> contextlib.AbstractContextManager[Path]:
         """A work tree at `sha`, valid inside the `with` block."""
+
+    def verify_signature(self, sha: str, policy: SignaturePolicy) -> SignatureVerdict:
+        """Whether commit `sha` is signed by a signer `policy` trusts (fetching it if need be)."""
 
 
 def default_cache_dir() -> Path:
@@ -101,6 +106,20 @@ class GitSource:
 
     @contextlib.contextmanager
     def checkout(self, sha: str) -> Iterator[Path]:
+        with self._cached(sha) as repo:
+            self._git(["-C", str(repo), "checkout", "-q", "--force", "--detach", sha], what="check out", local=True)
+            self._git(["-C", str(repo), "clean", "-q", "-ffdx"], what="clean the checkout of", local=True)
+            yield repo
+
+    def verify_signature(self, sha: str, policy: SignaturePolicy) -> SignatureVerdict:
+        # the commit object carries its signature: a shallow fetch of it is enough, and the
+        # checkout that follows finds it in the cache without asking the remote again
+        with self._cached(sha) as repo:
+            return verify_commit(self.runner, repo, sha, policy)
+
+    @contextlib.contextmanager
+    def _cached(self, sha: str) -> Iterator[Path]:
+        """The cache repository, locked, with commit `sha` in it."""
         if not SHA_PATTERN.match(sha):
             raise PermanentError(f"not a full commit SHA: {sha!r}")
         repo = self.cache_dir / hashlib.sha256(self.display.encode()).hexdigest()[:16]
@@ -111,8 +130,6 @@ class GitSource:
                 self._git(["init", "-q", str(repo)], what="initialise the cache for", local=True)
             if not self._has_commit(repo, sha):
                 self._retrying(self._fetch, repo, sha)
-            self._git(["-C", str(repo), "checkout", "-q", "--force", "--detach", sha], what="check out", local=True)
-            self._git(["-C", str(repo), "clean", "-q", "-ffdx"], what="clean the checkout of", local=True)
             yield repo
 
     def _has_commit(self, repo: Path, sha: str) -> bool:

@@ -198,9 +198,9 @@ class GitRunner:
             raise RefNotFound(message)
         raise PermanentError(message)
 
-    def succeeds(self, args: list[str], *, what: str) -> bool:
+    def succeeds(self, args: list[str], *, what: str, env: dict[str, str] | None = None) -> bool:
         """Whether a local git command exits 0 (for questions like "is this commit here?")."""
-        return self._spawn(args, what, None).returncode == 0
+        return self._spawn(args, what, env).returncode == 0
 
     def scrub(self, text: str) -> str:
         text = scrub_credentials(text, self.url)
