@@ -28,12 +28,13 @@ RUN pip install --no-cache-dir -c constraints.txt .
 # same base as the builder: the venv's interpreter symlinks point at its /usr/local/bin/python3.11
 FROM python:3.11.14-slim-bookworm AS final
 
-# git only (no compilers, no build tools). Not version-pinned on purpose: the base image tag is
+# git only (no compilers, no build tools), with gpg and ssh-keygen (openssh-client) for sources that
+# verify signed commits (verify_signatures). Not version-pinned on purpose: the base image tag is
 # pinned, and Debian bookworm's security updates replace the git package version in the archive,
 # which would make an exact `git=<version>` pin stop resolving.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git \
+    && apt-get install -y --no-install-recommends git gpg openssh-client \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/*
 

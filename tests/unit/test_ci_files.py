@@ -210,6 +210,8 @@ def test_final_stage_layout(dockerfile_stages: list[dict]) -> None:
     assert cmd and cmd[-1].startswith("["), "CMD in exec (JSON) form"
     run_text = " ".join(rest for keyword, rest in final if keyword == "RUN")
     assert re.search(r"apt-get install -y --no-install-recommends git\b", run_text), run_text
+    # what `git verify-commit` runs for a source block with verify_signatures gpg / ssh
+    assert re.search(r"--no-install-recommends git\b[^&]*\bgpg\b[^&]*\bopenssh-client\b", run_text), run_text
 
 
 def test_dockerfile_bakes_in_no_secrets(dockerfile_stages: list[dict]) -> None:
