@@ -53,7 +53,8 @@ print(source.url, source.ref)
         default="off", description="Apply only revisions signed by a trusted signer: gpg (trusted_gpg_keys) "
                                    "or ssh (allowed_signers); off: no check.")
     trusted_gpg_keys: Optional[str] = Field(
-        default=None, description="ASCII-armored OpenPGP public keys trusted to sign revisions (verify_signatures gpg).")
+        default=None,
+        description="ASCII-armored OpenPGP public keys trusted to sign revisions (verify_signatures gpg).")
     allowed_signers: Optional[str] = Field(
         default=None, description="ssh allowed-signers lines (principal, key type, public key) trusted to sign "
                                   "revisions (verify_signatures ssh).")

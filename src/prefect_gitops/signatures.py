@@ -40,7 +40,8 @@ class SignaturePolicy:
         if self.mode is SignatureMode.SSH:
             if "PRIVATE KEY" in self.allowed_signers:
                 return ["allowed_signers holds a private key: list only principals and public keys"]
-            if not any(line.strip() and not line.lstrip().startswith("#") for line in self.allowed_signers.splitlines()):
+            lines = [line.strip() for line in self.allowed_signers.splitlines()]
+            if not any(line and not line.startswith("#") for line in lines):
                 return ["verify_signatures is ssh but allowed_signers lists no signer"]
         return []
 

@@ -62,7 +62,8 @@ def test_gpg_signed_by_a_trusted_key_is_applied_unsigned_or_other_keys_are_refus
     unsigned = signed_commit(repo, env, _file(w, "flows:6.6.6"), None)
     _assert_refused(w, env, block, unsigned, "it is not signed")
     forged = signed_commit(repo, env, _file(w, "flows:6.6.6"), w["mallory"])
-    _assert_refused(w, env, block, forged, f"signed by a key that is not among trusted_gpg_keys (key {w['mallory'].fingerprint[-16:]})")
+    mallory_id = w["mallory"].fingerprint[-16:]  # the key ID git shows
+    _assert_refused(w, env, block, forged, f"signed by a key that is not among trusted_gpg_keys (key {mallory_id})")
 
     # a pinned revision (--revision, trigger) is checked as well, though the branch is signed again
     signed_commit(repo, env, _file(w, "flows:3.0.0"), w["alice"])
@@ -84,4 +85,8 @@ def test_ssh_signer_in_allowed_signers_is_applied_another_is_refused(world):
     assert deployment_job_variables(w["daily"])["image"] == "flows:4.0.0"
 
     other = signed_commit(repo, env, _file(w, "flows:6.6.6"), w["ssh_bob"])
+    # a dry run (the UI's plan) is refused too, and leaves the record alone
+    state, report = run_reconcile_flow(environment=env, source_block=block, dry_run=True)
+    assert state.is_failed() and report["revision"] == other and "not in allowed_signers" in report["message"]
+    assert read_state(env)[0].condition.reason == "Applied"
     _assert_refused(w, env, block, other, "signed by an SSH key that is not in allowed_signers")

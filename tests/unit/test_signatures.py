@@ -11,9 +11,8 @@ from prefect_gitops.adapters.git import GitSource
 from prefect_gitops.blocks import GitOpsSource
 from prefect_gitops.errors import PermanentError
 from prefect_gitops.signatures import SignatureMode, SignaturePolicy, parse_signature_status
-from signing import Keys, signed_commit
-
 from helpers import GitRepo
+from signing import Keys, signed_commit
 
 SHA = "a" * 40
 
@@ -68,7 +67,11 @@ PUBLIC = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ...\n-----END PGP PUBLIC 
      "allowed_signers holds a private key"),
 ])
 def test_policy_problems(policy, problem):
-    assert policy.problems() == ([problem] if problem else []) or problem in policy.problems()[0]
+    problems = policy.problems()
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problem in problems[0], problems
 
 
 def test_block_refuses_unusable_signature_settings_and_makes_the_policy():
@@ -112,7 +115,8 @@ def _verdict(commits, tmp_path, name, policy):
 def test_gpg_mode_trusts_only_the_blocks_keys(keys, commits, tmp_path, monkeypatch, commit, trusted, status):
     # the process's own GNUPGHOME trusts Mallory: the check must not look there
     monkeypatch.setenv("GNUPGHOME", str(keys["mallory"].home))
-    verdict = _verdict(commits, tmp_path, commit, SignaturePolicy(SignatureMode.GPG, trusted_gpg_keys=keys["alice"].armored))
+    policy = SignaturePolicy(SignatureMode.GPG, trusted_gpg_keys=keys["alice"].armored)
+    verdict = _verdict(commits, tmp_path, commit, policy)
     assert (verdict.trusted, verdict.status) == (trusted, status), verdict
     assert os.environ["GNUPGHOME"] == str(keys["mallory"].home)
 
