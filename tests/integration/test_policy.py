@@ -15,6 +15,7 @@ from helpers import (
     create_pool,
     deployment_job_variables,
     pool_default,
+    read_artifacts,
     read_state,
     run,
     run_reconcile_flow,
@@ -77,6 +78,9 @@ def test_violations_are_refused_by_plan_and_apply_and_nothing_is_written(estate)
         for error, (_, _, fragment) in zip(errors, expected):
             assert fragment in error["message"] and repr(e["policy"]) in error["message"], error
     assert report["applied"] == 0
+    artifact = read_artifacts(f"gitops-{env}")[0].data  # the apply run's artifact lists them too
+    for line, key, fragment in expected:
+        assert f"environments/{env}.yaml:{line}: {key}: " in artifact and fragment in artifact, artifact
     assert server_snapshot([e["pool"]], [e["daily"]]) == before
     state, _ = read_state(env)
     assert state.last_applied_revision is None and state.inventory.count() == 0
