@@ -109,7 +109,8 @@ def _check_values(policy: Policy, environment: str, pool: str | None, path: tupl
         why = f"policy block {policy.name!r}, rules {scope}"
         for key, value in values.items():
             message = _key_refused(rules, key)
-            if message is None and key == IMAGE_KEY and value is not None:
+            # a null image is checked too: the worker would fall back to its own default image
+            if message is None and key == IMAGE_KEY:
                 message = _image_refused(rules, environment, value)
             if message is not None:
                 problems.append(PlanProblem(path + (key,), f"{message} ({why})"))

@@ -51,6 +51,8 @@ CASES: dict[str, tuple[dict, str, str, list[tuple[str, str]]]] = {
                                           [("deployments.etl/daily.job_variables.image", "not an image reference")]),
     "a non-string image": (HARBOR, "qa", "deployments:\n  etl/daily:\n    job_variables: {image: 42}\n",
                            [("deployments.etl/daily.job_variables.image", "not an image reference")]),
+    "a null image falls back to the worker's": (HARBOR, "qa", "deployments:\n  etl/daily:\n    job_variables: {image: null}\n",
+                                                [("deployments.etl/daily.job_variables.image", "not an image reference")]),
     "prod without digest": (PROD_DIGEST, "prod", "work_pools:\n  k8s-prod:\n    job_variables: {image: 'harbor.corp/team/app:1'}\n",
                             [("work_pools.k8s-prod.job_variables.image", "not pinned by digest")]),
     "prod with digest": (PROD_DIGEST, "prod-eu", f"work_pools:\n  k8s-prod:\n    job_variables: {{image: 'harbor.corp/team/app:1{DIGEST}'}}\n", []),
