@@ -95,7 +95,7 @@ def test_violations_are_refused_by_plan_and_apply_and_nothing_is_written(estate)
     assert deployment_job_variables(e["daily"]) == {"namespace": "jobs-2", "image": pinned}
 
 
-def test_a_named_policy_block_that_is_missing_is_an_error(estate):
+def test_a_named_policy_block_that_is_missing_or_unreadable_is_an_error(estate):
     e = estate
     env = f"qa-{uid()}"
     repo = GitRepo(e["tmp"].mktemp("missing"))
@@ -104,6 +104,25 @@ def test_a_named_policy_block_that_is_missing_is_an_error(estate):
     state, report = run_reconcile_flow(environment=env, source_url=repo.url, policy_block=f"no-such-{e['u']}")
     assert state.is_failed() and report["status"] == "failed", report
     assert f"the GitOps Policy block 'no-such-{e['u']}' does not exist" in report["message"], report
+    assert server_snapshot([e["pool"]], [e["daily"]]) == before
+
+    # a policy block this version cannot read in full (here: a field it does not know, as from a newer
+    # or an edited schema) fails the run too, rather than being half-applied
+    from prefect.client.schemas.actions import BlockDocumentUpdate
+
+    from prefect_gitops.blocks import GitOpsPolicy
+
+    GitOpsPolicy().save(f"odd-{e['u']}")
+
+    async def add_unknown_field(client):
+        document = await client.read_block_document_by_name(f"odd-{e['u']}", "gitops-policy")
+        await client.update_block_document(document.id, BlockDocumentUpdate(
+            data={**document.data, "all_targets": {"denied_keys": ["image"], "deny_everything": True}}))
+
+    run(_with_client(add_unknown_field))
+    state, report = run_reconcile_flow(environment=env, source_url=repo.url, policy_block=f"odd-{e['u']}")
+    assert state.is_failed() and f"the GitOps Policy block 'odd-{e['u']}' is not valid" in report["message"], report
+    assert "all_targets.deny_everything" in report["message"], report
     assert server_snapshot([e["pool"]], [e["daily"]]) == before
 
 
