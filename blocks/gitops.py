@@ -1,5 +1,5 @@
 """prefect-gitops block types, for `prefect block register --file blocks/gitops.py`."""
 
-from prefect_gitops.blocks import GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
+from prefect_gitops.blocks import GitOpsPolicy, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
 
-__all__ = ["GitOpsSource", "GitOpsRolloutDefaults", "GitOpsSmokeTestDefaults"]
+__all__ = ["GitOpsSource", "GitOpsRolloutDefaults", "GitOpsSmokeTestDefaults", "GitOpsPolicy"]

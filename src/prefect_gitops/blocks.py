@@ -15,6 +15,7 @@ from pydantic import Field, HttpUrl, SecretStr, model_validator
 
 from prefect_gitops.model import SmokeTestPolicy
 from prefect_gitops.signatures import SignatureMode, SignaturePolicy
+from prefect_gitops.policy import Policy, PolicyRules
 
 if TYPE_CHECKING:  # for the annotation only: to_source() imports the Git adapter when called
     from prefect_gitops.adapters.git import GitSource
@@ -134,3 +135,30 @@ print(defaults.policy.kind)
         # a block loaded back from the server has every field stored, the unset ones as null: a null is
         # "not set" here, or it would override the file's values and fail validation
         return {"smoke_test": self.policy.model_dump(mode="json", exclude_unset=True, exclude_none=True, by_alias=True)}
+
+
+class GitOpsPolicy(Block):
+    """What the GitOps repository may set, decided by people who can edit blocks (not by its committers)."""
+
+    _block_type_name = "GitOps Policy"
+    _block_type_slug = "gitops-policy"
+    _documentation_url = HttpUrl(DOCS)
+    _description = ("Job variable keys, image registries and digest pinning the GitOps repository must keep to; "
+                    "a reconcile refuses a file that breaks them before writing anything.")
+    _code_example = '''```python
+from prefect_gitops.blocks import GitOpsPolicy
+
+GitOpsPolicy(all_targets={"denied_keys": ["service_account_name"], "allowed_images": ["harbor.corp/team/"],
+                          "require_digest_in": ["prod"]}).save("gitops-policy")
+policy = GitOpsPolicy.load("BLOCK_NAME")
+print(policy.all_targets.denied_keys)
+```'''
+
+    all_targets: PolicyRules = Field(
+        default_factory=PolicyRules, description="Rules for every work pool and deployment of every environment.")
+    work_pools: dict[str, PolicyRules] = Field(
+        default_factory=dict, description="More rules per work pool (name or fnmatch pattern), for the pool and "
+                                          "the deployments that run on it; they add to all_targets' rules.")
+
+    def to_policy(self, name: str) -> Policy:
+        return Policy(name=name, all_targets=self.all_targets, work_pools=self.work_pools)

@@ -47,6 +47,8 @@ ENV = typer.Option(..., "--env", help="Environment name: <path>/<env>.yaml.")
 PATH = typer.Option("environments", "--path", help="Folder of the environment files.")
 OUTPUT = typer.Option(Output.text, "--output", "-o")
 REVISION = typer.Option(None, "--revision", help="Full commit SHA to use instead of resolving --ref.")
+POLICY_BLOCK = typer.Option(None, "--policy-block", help="GitOps Policy block to check the file against (must "
+                                                          "exist; default: gitops-policy if it exists).")
 
 
 def _emit(payload: dict[str, Any], output: Output, text: str) -> None:
@@ -59,7 +61,8 @@ def _emit(payload: dict[str, Any], output: Output, text: str) -> None:
 @app.command()
 def plan(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH,
          revision: Optional[str] = REVISION, output: Output = OUTPUT,
-         drift_mode: DriftOption = typer.Option(DriftOption.from_file, "--drift-mode")) -> None:
+         drift_mode: DriftOption = typer.Option(DriftOption.from_file, "--drift-mode"),
+         policy_block: Optional[str] = POLICY_BLOCK) -> None:
     """Show what apply would change. Exit 0: nothing; 2: changes pending; 1: error."""
     from prefect import get_client
 
@@ -71,7 +74,8 @@ def plan(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH,
     async def run() -> ReconcileResult:
         request = ReconcileRequest(environment=env, source=GitSource(source), ref=ref, path=path,
                                    revision=revision, dry_run=True, full_check=True,
-                                   drift_mode=None if drift_mode == DriftOption.from_file else drift_mode.value)
+                                   drift_mode=None if drift_mode == DriftOption.from_file else drift_mode.value,
+                                   policy_block=policy_block)
         async with get_client() as client:
             return await reconcile(request, PrefectAPI(client))
 
@@ -94,7 +98,8 @@ def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH
           full_check: bool = typer.Option(False, "--full-check",
                                           help="Read every managed target now (no shortcut, no event log)."),
           override_windows: bool = typer.Option(False, "--override-windows",
-                                                help="Apply inside a deny window / outside every allow window.")) -> None:
+                                                help="Apply inside a deny window / outside every allow window."),
+          policy_block: Optional[str] = POLICY_BLOCK) -> None:
     """Run the reconcile flow (a real flow run).
 
     Exit 0: applied, nothing to do, or rolled back; 1: failed; 3: another rollout of ENV is in progress;
@@ -104,7 +109,7 @@ def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH
 
     _run_flow(reconcile, output, env, environment=env, source_url=source, ref=ref, path=path, revision=revision,
               dry_run=dry_run, drift_mode=drift_mode.value, concurrency=concurrency, force=force,
-              full_check=full_check, override_windows=override_windows)
+              full_check=full_check, override_windows=override_windows, policy_block=policy_block)
 
 
 @app.command()

@@ -54,6 +54,7 @@ async def reconcile(
     override_windows: bool = param(False, "Override sync windows", description="Apply even inside a deny window or outside every allow window."),
     rollout_defaults_block: str | None = param(None, "Rollout defaults block", description="Name of a GitOps Rollout Defaults block for files that leave drift/rollout out."),
     smoke_test_defaults_block: str | None = param(None, "Smoke test defaults block", description="Name of a GitOps Smoke Test Defaults block for files that leave smoke_test out."),
+    policy_block: str | None = param(None, "GitOps Policy block", description="Name of a GitOps Policy block the file must keep to (keys, image registries, digests); a block named here must exist. Left empty: the gitops-policy block if there is one, else no policy."),
 ) -> dict[str, Any] | State[Any]:
     logger = get_run_logger()
     block = await _load_block("GitOpsSource", source_block) if source_block else None
@@ -76,6 +77,7 @@ async def reconcile(
         full_check=full_check,
         defaults=defaults or None,
         signatures=block.signature_policy() if block else None,  # the block's, even for a source_url given instead
+        policy_block=policy_block,
     )
     async with get_client() as client:
         from prefect_gitops.adapters.task_runs import TaskRunSteps

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prefect_gitops.adapters.git import Source, default_cache_dir
+from prefect_gitops.adapters.policy_store import read_policy
 from prefect_gitops.adapters.prefect_api import PrefectAPI, read_together
 from prefect_gitops.drift_check import check_event_log, names_to_read, record_quiet_check
 from prefect_gitops.errors import ConfigError, PermanentError, RolloutBusy, RolloutHeld, TransientError
 from prefect_gitops.kinds import kind
 from prefect_gitops.loader import LoadedEnvironment, load_environment
 from prefect_gitops.plan import ActualState, Change, DriftMode, Plan, plan
+from prefect_gitops.policy import check_policy
 from prefect_gitops.record import record_outcome, record_refused, record_source_failure
 from prefect_gitops.result import ReconcileResult
 from prefect_gitops.rollback import RollbackRequest, WaveToUndo, rollback, undo_wave
@@ -59,6 +61,7 @@ class ReconcileRequest:
     override_windows: bool = False  # apply inside a deny window / outside every allow window
     defaults: dict[str, Any] | None = None  # sections from the policy default blocks; the file wins
     signatures: SignaturePolicy | None = None  # the source block's signers; None: revisions are not verified
+    policy_block: str | None = None  # GitOps Policy block (None: gitops-policy if it exists)
 
 
 async def reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None = None,
@@ -226,6 +229,8 @@ class Reconciler:
                                        self.request.drift_mode or spec.drift.mode)
         remember_targets(result, self.actual)
         problems = self.plan.problems or policy_problems(spec, self.actual)
+        policy = await read_policy(self.api.client, self.request.policy_block)
+        problems = [*problems, *check_policy(policy, self.request.environment, spec, self.actual)]
         if problems:
             result.problems = [self.loaded.problem(p.path, p.message) for p in problems]
             if not self.request.dry_run:

@@ -63,7 +63,7 @@ def test_block_types_register_and_keep_secrets_secret(control_plane):
     assert done.returncode == 0, done.stdout + done.stderr
 
     async def go(client):
-        slugs = {"gitops-source", "gitops-rollout-defaults", "gitops-smoke-test-defaults"}
+        slugs = {"gitops-source", "gitops-rollout-defaults", "gitops-smoke-test-defaults", "gitops-policy"}
         found = {slug: await client.read_block_type_by_slug(slug) for slug in slugs}
         from prefect_gitops.blocks import GitOpsSource
 

@@ -6,10 +6,10 @@ import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
-from prefect_gitops.blocks import GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
+from prefect_gitops.blocks import GitOpsPolicy, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
 
 
-@pytest.mark.parametrize("block", [GitOpsSource, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults])
+@pytest.mark.parametrize("block", [GitOpsSource, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsPolicy])
 class TestBlockStandards(BlockStandardTestSuite):
     @pytest.fixture
     def block(self, block):
@@ -30,3 +30,17 @@ def test_defaults_blocks_fill_what_files_leave_out():
     assert loaded.spec.drift.mode == "warn" and loaded.spec.drift.check_interval_seconds == 5  # the file wins
     assert loaded.spec.drift.full_read_interval_seconds == 600
     assert loaded.spec.rollout.max_parallel == 2 and loaded.spec.smoke_test.kind == "process"
+
+
+def test_policy_block_holds_exactly_the_policy():
+    """The policy store validates a GitOps Policy block document straight into policy.Policy (extra
+    fields refused): the block's fields and the model's must stay the same."""
+    from prefect_gitops.policy import Policy
+
+    assert set(GitOpsPolicy.model_fields) == set(Policy.model_fields) - {"name"}
+    block = GitOpsPolicy(all_targets={"denied_keys": ["service_account_name"], "require_digest_in": ["prod"]},
+                         work_pools={"k8s-*": {"allowed_images": ["Harbor.corp/team/"]}})
+    stored = block.model_dump(mode="json", include=set(GitOpsPolicy.model_json_schema()["properties"]))  # as saved
+    policy = Policy.model_validate({**stored, "name": "p"})
+    assert policy == block.to_policy("p")
+    assert policy.work_pools["k8s-*"].allowed_images == ["harbor.corp/team/"]
