@@ -54,6 +54,8 @@ async def reconcile(
     override_windows: bool = param(False, "Override sync windows", description="Apply even inside a deny window or outside every allow window."),
     rollout_defaults_block: str | None = param(None, "Rollout defaults block", description="Name of a GitOps Rollout Defaults block for files that leave drift/rollout out."),
     smoke_test_defaults_block: str | None = param(None, "Smoke test defaults block", description="Name of a GitOps Smoke Test Defaults block for files that leave smoke_test out."),
+    allow_mass_release: bool = param(False, "Allow mass release", description="Apply a revision whose file manages nothing or releases more managed keys than rollout.release_limit allows (otherwise refused)."),
+    allow_history_rewrite: bool = param(False, "Allow history rewrite", description="Apply a revision that does not descend from the last applied one, e.g. after a force-push (otherwise refused)."),
 ) -> dict[str, Any] | State[Any]:
     logger = get_run_logger()
     block = await _load_block("GitOpsSource", source_block) if source_block else None
@@ -75,6 +77,7 @@ async def reconcile(
         concurrency=concurrency, flow_run_id=_flow_run_id(), force=force, override_windows=override_windows,
         full_check=full_check,
         defaults=defaults or None,
+        allow_mass_release=allow_mass_release, allow_history_rewrite=allow_history_rewrite,
     )
     async with get_client() as client:
         from prefect_gitops.adapters.task_runs import TaskRunSteps
