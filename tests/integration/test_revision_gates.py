@@ -145,3 +145,25 @@ def test_rewritten_history_is_refused_and_rollback_keeps_working(tmp_path):
     code, report = cli_json("apply", "--source", e["repo"].url, "--env", e["env"], "--allow-history-rewrite")
     assert report["status"] == "applied" and report["revision"] == rewritten
     assert pool_default(e["pool"], "image") == "flows:9.9.9"
+
+
+def test_apply_applies_the_drift_plan_shows(tmp_path):
+    e = _estate(tmp_path)
+    e["repo"].commit_env(e["env"], _doc(e))  # drift.check_interval_seconds: the default 300 s
+    assert _flow(e)["status"] == "applied"
+    flags = ("--source", e["repo"].url, "--env", e["env"])
+    drifted = {"namespace": "jobs", "image": "flows:hotfix", "env": {"A": "1"}}
+
+    set_deployment_job_variables(e["daily"], drifted)
+    code, planned = cli_json("plan", *flags, check_codes=(2,))
+    assert [(c["key"], c["reason"]) for c in planned["changes"]] == [("image", "drift")]
+    # right after, with Git unchanged and no drift check due: a person's apply corrects it
+    code, applied = cli_json("apply", *flags)
+    assert applied["status"] == "applied" and applied["applied"] == 1, applied
+    assert deployment_job_variables(e["daily"])["image"] == "flows:2.0.1"
+
+    # --quick is the scheduled runs' shortcut: Git unchanged, no check due -> up to date, drift left
+    set_deployment_job_variables(e["daily"], drifted)
+    code, quick = cli_json("apply", *flags, "--quick")
+    assert quick["status"] == "up-to-date" and quick["applied"] == 0, quick
+    assert deployment_job_variables(e["daily"])["image"] == "flows:hotfix"
