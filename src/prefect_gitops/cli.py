@@ -97,19 +97,32 @@ def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH
           force: bool = typer.Option(False, "--force", help="Apply even the revision a rollback moved away from."),
           full_check: bool = typer.Option(False, "--full-check",
                                           help="Read every managed target now (no shortcut, no event log)."),
+          quick: bool = typer.Option(False, "--quick", help="As a scheduled run: stop when Git has not moved and "
+                                     "no drift check is due, and look for drift in the event log first."),
+          allow_mass_release: bool = typer.Option(
+              False, "--allow-mass-release", help="Apply a revision that empties the file or releases more "
+                                                  "managed keys than rollout.release_limit allows."),
+          allow_history_rewrite: bool = typer.Option(
+              False, "--allow-history-rewrite", help="Apply a revision that does not descend from the last "
+                                                     "applied one (after a force-push)."),
           override_windows: bool = typer.Option(False, "--override-windows",
                                                 help="Apply inside a deny window / outside every allow window."),
           policy_block: Optional[str] = POLICY_BLOCK) -> None:
     """Run the reconcile flow (a real flow run).
 
     Exit 0: applied, nothing to do, or rolled back; 1: failed; 3: another rollout of ENV is in progress;
-    4: held (suspended, sync window closed, promotion gate waiting).
+    4: held (suspended, sync window closed, promotion gate waiting); 5: refused (emptied file, mass
+    release, rewritten history) until allowed.
+
+    Run by a person, apply reads every managed target, so it applies the drift `plan` shows now;
+    --quick takes the scheduled runs' shortcut and event-log check instead.
     """
     from prefect_gitops.flows import reconcile
 
     _run_flow(reconcile, output, env, environment=env, source_url=source, ref=ref, path=path, revision=revision,
               dry_run=dry_run, drift_mode=drift_mode.value, concurrency=concurrency, force=force,
-              full_check=full_check, override_windows=override_windows, policy_block=policy_block)
+              full_check=full_check or not quick, override_windows=override_windows, policy_block=policy_block,
+              allow_mass_release=allow_mass_release, allow_history_rewrite=allow_history_rewrite)
 
 
 @app.command()

@@ -48,6 +48,15 @@ class RolloutHeld(GitOpsError):
         super().__init__(message)
 
 
+class RevisionRefused(GitOpsError):
+    """A safety gate refused the revision as a whole (emptied file, mass release, rewritten history)
+    until someone consents explicitly; nothing was written. `reason` is the condition's (status.py)."""
+
+    def __init__(self, reason: str, message: str, problems: list[ConfigProblem] | None = None):
+        self.reason, self.message, self.problems = reason, message, list(problems or [])
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     """One problem in the GitOps repo, located as precisely as we can."""

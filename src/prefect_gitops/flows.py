@@ -55,6 +55,8 @@ async def reconcile(
     rollout_defaults_block: str | None = param(None, "Rollout defaults block", description="Name of a GitOps Rollout Defaults block for files that leave drift/rollout out."),
     smoke_test_defaults_block: str | None = param(None, "Smoke test defaults block", description="Name of a GitOps Smoke Test Defaults block for files that leave smoke_test out."),
     policy_block: str | None = param(None, "GitOps Policy block", description="Name of a GitOps Policy block the file must keep to (keys, image registries, digests); a block named here must exist. Left empty: the gitops-policy block if there is one, else no policy."),
+    allow_mass_release: bool = param(False, "Allow mass release", description="Apply a revision whose file manages nothing or releases more managed keys than rollout.release_limit allows (otherwise refused)."),
+    allow_history_rewrite: bool = param(False, "Allow history rewrite", description="Apply a revision that does not descend from the last applied one, e.g. after a force-push (otherwise refused)."),
 ) -> dict[str, Any] | State[Any]:
     logger = get_run_logger()
     block = await _load_block("GitOpsSource", source_block) if source_block else None
@@ -78,6 +80,7 @@ async def reconcile(
         defaults=defaults or None,
         signatures=block.signature_policy() if block else None,  # the block's, even for a source_url given instead
         policy_block=policy_block,
+        allow_mass_release=allow_mass_release, allow_history_rewrite=allow_history_rewrite,
     )
     async with get_client() as client:
         from prefect_gitops.adapters.task_runs import TaskRunSteps

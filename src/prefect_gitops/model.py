@@ -161,6 +161,16 @@ class PromotionGate(_Strict):
     soak_seconds: int = Field(default=0, ge=0, description="How long it must have run there, healthy.")
 
 
+class ReleaseLimit(_Strict):
+    """How many managed keys one revision may release (remove from Git) without explicit consent."""
+
+    max_fraction: float = Field(
+        default=0.5, ge=0, le=1,
+        description="Refuse a revision that releases more than this fraction of the managed keys (1: no limit)...")
+    min_keys: int = Field(
+        default=5, ge=1, description="...and at least this many keys (small removals always pass).")
+
+
 class RolloutPolicy(_Strict):
     lock_timeout_seconds: int = Field(
         default=300, ge=0, le=86400,
@@ -172,6 +182,9 @@ class RolloutPolicy(_Strict):
         default=None, description="Require each new image to have soaked in an earlier environment.")
     control_queue: ControlQueueSpec | None = Field(
         default=None, description="Create and keep prefect-gitops's own high-priority queue in the managed pools.")
+    release_limit: ReleaseLimit = Field(
+        default_factory=ReleaseLimit,
+        description="Refuse a revision that releases many managed keys at once, unless allow_empty is set.")
 
 
 class DriftPolicy(_Strict):
@@ -219,6 +232,10 @@ class EnvironmentFile(_Strict):
     sync_windows: list[SyncWindow] = Field(
         default_factory=list,
         description="Argo CD-style allow/deny windows: outside them a reconcile plans and reports but does not apply.")
+    allow_empty: bool = Field(
+        default=False,
+        description="Consent to a revision that manages nothing or releases every (or most) managed keys; "
+        "without it such a revision is refused (Argo CD's allowEmpty).")
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -19,12 +19,14 @@ from prefect_gitops.adapters.policy_store import read_policy
 from prefect_gitops.adapters.prefect_api import PrefectAPI, read_together
 from prefect_gitops.drift_check import check_event_log, names_to_read, record_quiet_check
 from prefect_gitops.errors import ConfigError, PermanentError, RolloutBusy, RolloutHeld, TransientError
+from prefect_gitops.errors import RevisionRefused
 from prefect_gitops.kinds import kind
 from prefect_gitops.loader import LoadedEnvironment, load_environment
 from prefect_gitops.plan import ActualState, Change, DriftMode, Plan, plan
 from prefect_gitops.policy import check_policy
 from prefect_gitops.record import record_outcome, record_refused, record_source_failure
 from prefect_gitops.result import ReconcileResult
+from prefect_gitops import revision_gates
 from prefect_gitops.rollback import RollbackRequest, WaveToUndo, rollback, undo_wave
 from prefect_gitops.signature_check import verify_revision
 from prefect_gitops.signatures import SignaturePolicy
@@ -62,6 +64,8 @@ class ReconcileRequest:
     defaults: dict[str, Any] | None = None  # sections from the policy default blocks; the file wins
     signatures: SignaturePolicy | None = None  # the source block's signers; None: revisions are not verified
     policy_block: str | None = None  # GitOps Policy block (None: gitops-policy if it exists)
+    allow_mass_release: bool = False  # consent to an emptied file / releasing most managed keys (release_gate.py)
+    allow_history_rewrite: bool = False  # consent to a revision that does not descend from the last applied one
 
 
 async def reconcile(request: ReconcileRequest, api: PrefectAPI, runner: SmokeRunnerLike | None = None,
@@ -93,6 +97,8 @@ class Reconciler:
             await self._walk()
         except RolloutBusy as exc:
             self.result.status, self.result.message = Status.BUSY, str(exc)
+        except RevisionRefused as exc:
+            revision_gates.refused(self.result, exc)
         except (ConfigError, TransientError, PermanentError) as exc:
             self.result.fail(exc)
             if self.result.revision is None and not self.request.dry_run:
@@ -210,6 +216,9 @@ class Reconciler:
         if self.request.dry_run:
             self.report_plan()
             return
+        assert self.loaded is not None  # safety gates first: they refuse the revision as a whole
+        await self.refuse_if(revision_gates.history_refusal(self.request, self.state, self.revision))
+        await self.refuse_if(revision_gates.mass_release_refusal(self.request, self.loaded, self.state))
         try:
             await self.check_gates()
         except RolloutHeld as held:
@@ -272,6 +281,13 @@ class Reconciler:
             if refused:
                 raise RolloutHeld(Status.WAITING, Reason.PROMOTION_PENDING, "promotion gate: " + "; ".join(
                     f"{image}: {why}" for image, why in refused.items()) + "; nothing applied")
+
+    async def refuse_if(self, refusal: RevisionRefused | None) -> None:
+        """A safety gate refused the revision (revision_gates.py): record it, under the lock, and stop."""
+        if refusal is not None:
+            await revision_gates.record_refusal(self.api, self.state, self.handle, self.request, self.revision,
+                                                refusal, self.now)
+            raise refusal
 
     async def hold(self, held: RolloutHeld) -> None:
         self.result.status, self.result.message = Status(held.status), held.message

@@ -25,6 +25,7 @@ class Status(StrEnum):
     WINDOW_CLOSED = "window-closed"
     WAITING = "waiting"
     PROMOTED = "promoted"
+    REFUSED = "refused"  # a safety gate refused the revision (emptied, mass release, history rewritten)
 
 
 class RunEnd(StrEnum):
@@ -36,6 +37,7 @@ class RunEnd(StrEnum):
 
 
 EXIT_OK, EXIT_FAILED, EXIT_BUSY, EXIT_HELD = 0, 1, 3, 4
+EXIT_REFUSED = 5  # the revision was refused by a safety gate (revision_gates.py); nothing written
 FAILED_EVENT = "prefect-gitops.reconcile.failed"
 
 
@@ -80,6 +82,8 @@ OUTCOMES: dict[Status, Outcome] = {
     Status.SUSPENDED: _held("Suspended: planned and reported, nothing applied"),
     Status.WINDOW_CLOSED: _held("Sync window closed: planned and reported, nothing applied"),
     Status.WAITING: _held("Waiting for the promotion gate: nothing applied"),
+    Status.REFUSED: Outcome("Refused: the revision needs explicit consent (see the message); nothing was written",
+                            exit_code=EXIT_REFUSED, commit_status="failed", run_end=RunEnd.FAILED, event=FAILED_EVENT),
 }
 
 
@@ -92,7 +96,7 @@ def exit_code(status: Status | str | None, completed: bool) -> int:
     if status is None or status not in Status.__members__.values():
         return EXIT_OK if completed else EXIT_FAILED
     row = outcome(status)
-    if row.exit_code in (EXIT_BUSY, EXIT_HELD):
+    if row.exit_code in (EXIT_BUSY, EXIT_HELD, EXIT_REFUSED):
         return row.exit_code
     return EXIT_OK if completed else EXIT_FAILED
 
@@ -113,4 +117,7 @@ class Reason(StrEnum):
     RESUMED = "Resumed"
     SYNC_WINDOW_CLOSED = "SyncWindowClosed"
     PROMOTION_PENDING = "PromotionPending"
+    EMPTY_REVISION = "EmptyRevision"  # the file manages nothing, or would release every managed key
+    MASS_RELEASE = "MassRelease"  # would release more of the managed keys than rollout.release_limit allows
+    HISTORY_REWRITTEN = "HistoryRewritten"  # does not descend from the last applied revision
     NO_CHANGE = "NoChange"  # written by the first releases; read back from old records

@@ -131,8 +131,8 @@ def test_git_unchanged_and_no_drift_check_due_costs_one_ls_remote_and_one_read(e
     assert code == 0 and report["status"] == "applied", report
     assert any(any(r in k for r in TARGET_READS) for k in requests), requests  # the proxy sees the reads
 
-    # Git unchanged, the last check 300 s ago at most: the cheap path
-    code, report, requests, calls = _measured_apply(e, proxy, git_log)
+    # Git unchanged, the last check 300 s ago at most: the cheap path (scheduled runs; the CLI's --quick)
+    code, report, requests, calls = _measured_apply(e, proxy, git_log, "--quick")
     assert code == 0 and report["status"] == "up-to-date" and report["applied"] == 0, report
     assert report["revision"] == sha and report["drift_check"] is None
     assert [_verb(c) for c in calls] == ["ls-remote"], calls

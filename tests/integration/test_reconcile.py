@@ -79,15 +79,15 @@ def test_plan_apply_noop_and_git_change(estate):
     assert len(state.history) == 1 and state.history[0].flow_run_id == applied["flow_run_id"]
     assert state.inventory.work_pools[e["pool"]]["image"].previous == "registry.example.com/flows:1.0.0"
 
-    # a second apply writes nothing
-    code, again = cli_json("apply", *flags(e))
+    # a second apply writes nothing; with --quick (as scheduled runs) it stops at the shortcut
+    code, again = cli_json("apply", *flags(e, "--quick"))
     assert again["applied"] == 0 and again["status"] == "up-to-date"  # Git unchanged, no drift check due yet
     assert len(read_state(e["env"])[0].history) == 1
     code, planned = cli_json("plan", *flags(e), check_codes=(0,))
     assert planned["changes"] == [] and planned["status"] == "in-sync"
     shown = cli("plan", *flags(e)).stdout
     assert "In sync" in shown and "dry run" in shown and "Planned only" not in shown
-    quiet = cli("apply", *flags(e))  # the CLI ends without Prefect's "Still processing items" drain warnings
+    quiet = cli("apply", *flags(e, "--quick"))  # the CLI ends without Prefect's "Still processing items" drain warnings
     assert "Still processing" not in quiet.stdout + quiet.stderr and "up-to-date" in quiet.stdout
 
     # Git moves: only the changed key is applied
@@ -150,7 +150,7 @@ def test_drift_warn_reports_without_writing(estate):
     # once the server has persisted its event (here the estate's creation, just before, shows too)
     wait_for_change_event("prefect.deployment.updated", f"prefect.deployment.{read_deployment(e['daily']).id}", edited)
 
-    code, result = cli_json("apply", *flags(e))
+    code, result = cli_json("apply", *flags(e, "--quick"))
     assert result["drift_check"].startswith("full read: ")
     assert result["status"] == "drift-warned" and result["applied"] == 0
     # both edits (image changed, env dropped) are drift: reported, not corrected
@@ -184,7 +184,7 @@ def test_removed_keys_are_unset_and_pool_defaults_restored(estate):
     # keys never managed are never touched: namespace existed before ("jobs") but Git now owns it;
     # removing it from Git unsets it, while hourly (never in Git) keeps whatever it has
     set_deployment_job_variables(e["hourly"], {"cpu_request": "2"})
-    e["repo"].commit_env(e["env"], {"deployments": {}})
+    e["repo"].commit_env(e["env"], {"allow_empty": True, "deployments": {}})  # every managed key goes: consent
     cli_json("apply", *flags(e))
     assert deployment_job_variables(e["daily"]) == {}
     assert deployment_job_variables(e["hourly"]) == {"cpu_request": "2"}

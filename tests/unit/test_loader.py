@@ -91,4 +91,5 @@ def test_files_on_disk(tmp_path):
 def test_json_schema_is_strict():
     schema = json_schema()
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"work_pools", "deployments", "drift", "smoke_test", "rollout", "sync_windows"}
+    assert set(schema["properties"]) == {"work_pools", "deployments", "drift", "smoke_test", "rollout", "sync_windows",
+                                           "allow_empty"}

@@ -47,6 +47,10 @@ class Source(Protocol):
     def verify_signature(self, sha: str, policy: SignaturePolicy) -> SignatureVerdict:
         """Whether commit `sha` is signed by a signer `policy` trusts (fetching it if need be)."""
 
+    def descends_from(self, sha: str, ancestor: str) -> bool:
+        """Whether `ancestor` is `sha` or one of its ancestors on the remote (False when the remote
+        no longer has `ancestor` in `sha`'s history, e.g. after a force-push)."""
+
 
 def default_cache_dir() -> Path:
     base = os.environ.get("PREFECT_GITOPS_CACHE_DIR") or os.path.join(
@@ -131,6 +135,34 @@ class GitSource:
             if not self._has_commit(repo, sha):
                 self._retrying(self._fetch, repo, sha)
             yield repo
+
+    def descends_from(self, sha: str, ancestor: str) -> bool:
+        # checkouts are shallow (--depth 1), so ancestry is asked of a second, complete (bare) cache:
+        # fetching `sha` there brings all of its history, hence an ancestor missing after the fetch is
+        # no ancestor. gc is off in it so nothing fetched is pruned under a later question.
+        if not (SHA_PATTERN.match(sha) and SHA_PATTERN.match(ancestor)):
+            raise PermanentError(f"not full commit SHAs: {sha!r}, {ancestor!r}")
+        repo = self.cache_dir / (hashlib.sha256(self.display.encode()).hexdigest()[:16] + ".history.git")
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        with open(repo.parent / f"{repo.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (repo / "HEAD").is_file():
+                self._git(["init", "-q", "--bare", str(repo)], what="initialise the history cache for", local=True)
+                self._git(["-C", str(repo), "config", "gc.auto", "0"], what="configure the history cache of",
+                          local=True)
+            if not self._has_commit(repo, sha):
+                self._retrying(self._fetch_history, repo, sha)
+            if not self._has_commit(repo, ancestor):
+                return False
+            return self.runner.answers_yes(["-C", str(repo), "merge-base", "--is-ancestor", ancestor, sha],
+                                           what="compare the history of")
+
+    def _fetch_history(self, repo: Path, sha: str) -> None:
+        try:
+            self._git(["-C", str(repo), "fetch", "-q", "--no-tags", self.url, sha],
+                      what=f"fetch the history of revision {sha} from")
+        except RefNotFound:
+            raise RefNotFound(f"revision {sha} does not exist in {self.display}") from None
 
     def _has_commit(self, repo: Path, sha: str) -> bool:
         return self.runner.succeeds(["-C", str(repo), "cat-file", "-e", f"{sha}^{{commit}}"],

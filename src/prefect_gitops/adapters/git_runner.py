@@ -202,6 +202,15 @@ class GitRunner:
         """Whether a local git command exits 0 (for questions like "is this commit here?")."""
         return self._spawn(args, what, env).returncode == 0
 
+    def answers_yes(self, args: list[str], *, what: str) -> bool:
+        """A local yes/no question git answers with exit 0 or 1 (`merge-base --is-ancestor`);
+        anything else is a failure, not a "no"."""
+        done = self._spawn(args, what, None)
+        if done.returncode in (0, 1):
+            return done.returncode == 0
+        detail = self.scrub(done.stderr.strip() or f"exit status {done.returncode}")
+        raise PermanentError(f"cannot {what} {self.display}: {detail}")
+
     def scrub(self, text: str) -> str:
         text = scrub_credentials(text, self.url)
         secret = self.credentials.secret if self.credentials is not None else ""
