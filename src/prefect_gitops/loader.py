@@ -20,14 +20,13 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 import ruamel.yaml
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from prefect_gitops import yaml_guard
 from prefect_gitops.errors import ConfigError, ConfigProblem
 from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN, EnvironmentFile, deep_merge
-from prefect_gitops import yaml_guard
 from prefect_gitops.value_checks import value_problems
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -126,6 +125,9 @@ def _parse_plain(text: str, file: str, name: str, defaults: dict[str, Any] | Non
         raise ConfigError([_yaml_problem(exc, file, prefix="invalid YAML")]) from None
     except YAMLError as exc:
         raise ConfigError([ConfigProblem(f"invalid YAML: {exc}", file=file)]) from None
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # a value the guard let through that
+        # ruamel's constructor cannot build: still the file's problem, never a traceback
+        raise ConfigError([ConfigProblem(f"invalid YAML value ({type(exc).__name__}: {exc})", file=file)]) from None
 
     if document is None:
         document = CommentedMap()

@@ -36,9 +36,10 @@ NOT_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010
 FLOW_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'|(?:^|(?<=\s))#.*|[\[\]{}]')
 CLOSERS = {"[": "]", "{": "}"}
 DECIMAL_INT = re.compile(r"[-+]?[0-9][0-9_]*")
-# explicit tags that only say what the value already is; any other tag (!!python/..., !!binary,
-# !!set, !custom) asks for a type an environment file has no use for
-HARMLESS_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+# YAML 1.2 timestamps as ruamel resolves plain scalars: it builds a datetime of them (ValueError on
+# 2024-13-45), and an environment file has no use for dates (the loader said "quote it" already)
+TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:(?:[Tt]|[ \t]+)[0-9]{1,2}:[0-9]{2}:[0-9]{2}"
+                       r"(?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+][0-9]{1,2}(?::[0-9]{2})?))?)?")
 
 
 def decode(raw: bytes, file: str) -> str:
@@ -184,13 +185,20 @@ class _Scan:
         self._note_depth(depth)
         if is_key:
             self._key(event, path)
-        elif event.style is None and event.tag is None and DECIMAL_INT.fullmatch(event.value):
+        elif event.style is None and event.tag is None:
+            self._check_plain(event, path)
+        if event.anchor is not None:
+            self.anchors[event.anchor] = _Anchor(nodes=1, depth=1)
+
+    def _check_plain(self, event: ScalarEvent, path: tuple[str, ...]) -> None:
+        """Plain values ruamel would build into what Python cannot convert or JSON cannot hold."""
+        if DECIMAL_INT.fullmatch(event.value):
             digits = sum(c.isdigit() for c in event.value)
             if digits > MAX_INT_DIGITS:
                 self._fail(event, path, f"a number with {digits} digits is too long (at most {MAX_INT_DIGITS}); "
                                         f"quote it to keep it a string")
-        if event.anchor is not None:
-            self.anchors[event.anchor] = _Anchor(nodes=1, depth=1)
+        elif TIMESTAMP.fullmatch(event.value):
+            self._fail(event, path, f"YAML reads {event.value!r} as a date; quote it to keep it a string")
 
     def _place(self, event: NodeEvent) -> tuple[tuple[str, ...], bool]:
         """The key path of the node, and whether it is a mapping key."""
@@ -245,13 +253,14 @@ class _Scan:
             self.stack[-1].deepest = max(self.stack[-1].deepest, depth)
 
     def _check_tag(self, event: NodeEvent, path: tuple[str, ...]) -> None:
+        """Any explicit tag: !!python/... and !custom ask for types a file has no use for, and even
+        !!int or !!bool make ruamel convert text that need not convert (a ValueError, not a YAML error)."""
         tag = getattr(event, "tag", None)
         if tag is None:
             return
-        name = str(getattr(tag, "value", tag))
-        if name not in HARMLESS_TAGS and name != "!":
-            shown = name.replace("tag:yaml.org,2002:", "!!")
-            self._fail(event, path, f"YAML tag {shown!r} is not allowed: write plain values, mappings and lists")
+        shown = str(getattr(tag, "value", tag)).replace("tag:yaml.org,2002:", "!!")
+        self._fail(event, path, f"YAML tag {shown!r} is not allowed: write plain values, mappings and lists "
+                                "(quote a value to keep it a string)")
 
     def _check_top_level(self, event: NodeEvent) -> None:
         if isinstance(event, MappingStartEvent):
