@@ -125,9 +125,10 @@ def _parse_plain(text: str, file: str, name: str, defaults: dict[str, Any] | Non
         raise ConfigError([_yaml_problem(exc, file, prefix="invalid YAML")]) from None
     except YAMLError as exc:
         raise ConfigError([ConfigProblem(f"invalid YAML: {exc}", file=file)]) from None
-    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # a value the guard let through that
-        # ruamel's constructor cannot build: still the file's problem, never a traceback
-        raise ConfigError([ConfigProblem(f"invalid YAML value ({type(exc).__name__}: {exc})", file=file)]) from None
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        # a value the guard let through that ruamel's constructor cannot build: the file's problem all the same
+        problem = ConfigProblem(f"invalid YAML value ({type(exc).__name__}: {exc})", file=file)
+        raise ConfigError([problem]) from None
 
     if document is None:
         document = CommentedMap()

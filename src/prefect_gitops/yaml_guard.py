@@ -4,9 +4,10 @@ ruamel's composer recurses once per nesting level, and the loader's walks of the
 aliases: a deeply nested value ends in a RecursionError, and a "billion laughs" file (aliases of
 aliases) in minutes at 100 % CPU. So the bytes are decoded strictly here, and every parse event
 (from ruamel's iterative scanner and parser) is checked as the composer takes it, before the
-composer recurses into it: depth, node count *after* alias expansion, alias cycles, tags, duplicate
-keys and integers too long for Python to convert. One parse, bounded work: the first limit crossed
-stops it. Every refusal names the file, the line and the key path.
+composer recurses into it: depth, node count *after* alias expansion, alias cycles, explicit tags,
+duplicate keys, and plain values ruamel would build into what Python cannot convert (integers over
+4,300 digits, impossible dates). One parse, bounded work: the first limit crossed stops it. Every
+refusal names the file, the line and the key path (a whole-file problem: the file and the line).
 """
 
 from __future__ import annotations
