@@ -20,13 +20,14 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 import ruamel.yaml
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from prefect_gitops import yaml_guard
 from prefect_gitops.errors import ConfigError, ConfigProblem
 from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN, EnvironmentFile, deep_merge
+from prefect_gitops.value_checks import value_problems
 
 MAX_FILE_BYTES = 1024 * 1024
 
@@ -82,10 +83,7 @@ def load_environment(repo_root: Path, folder: str, environment: str, defaults: d
         raise ConfigError(
             [ConfigProblem(f"file is {size} bytes; the limit is {MAX_FILE_BYTES} (1 MiB)", file=relative)]
         )
-    try:
-        text = resolved.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigProblem(f"not valid UTF-8: {exc}", file=relative)]) from None
+    text = yaml_guard.decode(resolved.read_bytes(), relative)
     if cache_dir is not None:
         return _parse_cached(text, relative, environment, defaults, Path(cache_dir))
     return parse_environment(text, file=relative, name=environment, defaults=defaults)
@@ -106,13 +104,18 @@ def _validated(plain: dict[str, Any], lines: dict[tuple[str, ...], int], file: s
         spec = EnvironmentFile.model_validate(plain)
     except ValidationError as exc:
         raise ConfigError([_validation_problem(loaded, err) for err in exc.errors()]) from None
+    problems = value_problems(spec)
+    if problems:
+        raise ConfigError([loaded.problem(path, message) for path, message in problems])
     return LoadedEnvironment(name=name, file=file, spec=spec, lines=lines)
 
 
 def _parse_plain(text: str, file: str, name: str, defaults: dict[str, Any] | None
                  ) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """The file as plain JSON values (defaults merged in) and the line of every key path."""
-    yaml = YAML(typ="rt")
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark, decoded
+    yaml_guard.check(text, file)  # before anything composes or walks the data
+    yaml = yaml_guard.guarded_yaml(file)
     yaml.allow_duplicate_keys = False
     try:
         document = yaml.load(text)
@@ -122,6 +125,10 @@ def _parse_plain(text: str, file: str, name: str, defaults: dict[str, Any] | Non
         raise ConfigError([_yaml_problem(exc, file, prefix="invalid YAML")]) from None
     except YAMLError as exc:
         raise ConfigError([ConfigProblem(f"invalid YAML: {exc}", file=file)]) from None
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        # a value the guard let through that ruamel's constructor cannot build: the file's problem all the same
+        problem = ConfigProblem(f"invalid YAML value ({type(exc).__name__}: {exc})", file=file)
+        raise ConfigError([problem]) from None
 
     if document is None:
         document = CommentedMap()
@@ -141,7 +148,7 @@ def _parse_plain(text: str, file: str, name: str, defaults: dict[str, Any] | Non
 
 
 # Bump when _parse_plain's output for the same text and defaults changes.
-_PARSE_CACHE_VERSION = 1
+_PARSE_CACHE_VERSION = 2  # 2: parses the YAML guard refuses are no longer reused
 _PARSE_CACHE_KEEP = 16  # parsed files kept per cache directory (least recently used go first)
 
 

@@ -22,6 +22,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from prefect_gitops.image_ref import normalize as normalize_image, normalize_prefix
 from prefect_gitops.model import EnvironmentFile
 from prefect_gitops.targets import ActualState, PlanProblem
 
@@ -144,63 +145,7 @@ def _digest_required(rules: PolicyRules, environment: str) -> bool:
     return any(fnmatchcase(environment, pattern) for pattern in rules.require_digest_in)
 
 
-# -- a small image reference normalization, for the registry prefix check ---------------------------------
-# Kept here on purpose (an OCI reference parser is being added in image_ref.py; unify them later).
-
-DOCKER_HUB = "docker.io"
-_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-                   r"(?::[0-9]+)?$")
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
-_DIGEST_PART = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}$")
-
-
-def _is_host(component: str) -> bool:
-    # as Docker decides: the first component is a registry host if it has a dot or a port, or is localhost
-    return ("." in component or ":" in component or component == "localhost") and bool(_HOST.match(component))
-
-
-def _split_host(name: str) -> tuple[str, str]:
-    first, _, rest = name.partition("/")
-    if rest and _is_host(first):
-        host = first.lower()
-        return (DOCKER_HUB if host in _HUB_ALIASES else host), rest
-    return DOCKER_HUB, name
-
-
-def normalize_image(reference: str) -> str | None:
-    """`host/path[:tag][@digest]` with Docker's defaults (docker.io, library/ for one-word names), or
-    None when it is not a reference: anything unexpected is refused rather than guessed at."""
-    name, at, digest = reference.partition("@")
-    if at and not _DIGEST_PART.match(digest):
-        return None
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    tag = ""
-    if colon > slash:
-        name, tag = name[:colon], name[colon + 1:]
-        if not _TAG.match(tag):
-            return None
-    host, path = _split_host(name)
-    components = path.split("/")
-    if not all(_COMPONENT.match(c) for c in components):
-        return None
-    if host == DOCKER_HUB and len(components) == 1:
-        components = ["library", *components]
-    return f"{host}/{'/'.join(components)}" + (f":{tag}" if tag else "") + (f"@{digest}" if at else "")
-
-
-def normalize_prefix(prefix: str) -> str:
-    """An allowed prefix as references are normalized: its registry host lowercased, Docker Hub's aliases
-    as docker.io; a prefix without a host is Docker Hub's (write library/ for its official images)."""
-    prefix = prefix.strip()
-    first, slash, rest = prefix.partition("/")
-    if _is_host(first):
-        host = first.lower()
-        return (DOCKER_HUB if host in _HUB_ALIASES else host) + slash + rest
-    return f"{DOCKER_HUB}/{prefix}"
 
 
 def _starts_with(reference: str, prefix: str) -> bool:
