@@ -1,16 +1,3 @@
-"""One real Prefect server (SQLite) for the whole test session, started as the demo starts its own."""
+"""One real Prefect server (SQLite) for the whole test session (tests/server_fixture.py)."""
 
-from __future__ import annotations
-
-import os
-from pathlib import Path
-
-import pytest
-
-from prefect_gitops.local_server import running_server
-
-
-@pytest.fixture(scope="session", autouse=True)
-def prefect_server():
-    with running_server(Path(os.environ["PREFECT_HOME"]), int(os.environ["PREFECT_GITOPS_TEST_PORT"])):
-        yield os.environ["PREFECT_API_URL"]
+from server_fixture import prefect_server  # noqa: F401  (a session fixture, used by every test here)
