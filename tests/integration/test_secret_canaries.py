@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -50,12 +52,22 @@ def encoded_forms(secret: str) -> list[bytes]:
 
 
 class ProcessSampler:
-    """Every process's command line on this machine, sampled every few ms (a canary is unique to this
-    test, so a hit in any process is ours)."""
+    """The command lines of the processes this test makes run: every git command exactly (a `git` first
+    on PATH records its arguments, then runs the real git), and every process on the machine sampled
+    every 20 ms (the CLI processes, git's own helpers such as git-remote-http, the smoke test's pods).
+    A canary is unique to this test, so a hit in any process is ours."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path) -> None:
         self.seen: set[bytes] = set()
         self.exempt: set[bytes] = set()  # command lines that carry a canary because the test put it there
+        self.bin, self.records = directory / "bin", directory / "argv"
+        self.bin.mkdir(parents=True)
+        self.records.mkdir()
+        real_git = shutil.which("git")
+        shim = self.bin / "git"
+        shim.write_text(f"#!/bin/sh\nprintf '%s\\0' git \"$@\" > \"$(mktemp {self.records}/git.XXXXXX)\"\n"
+                        f"exec {real_git} \"$@\"\n")
+        shim.chmod(0o755)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cmdline-sampler", daemon=True)
 
@@ -66,6 +78,7 @@ class ProcessSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.seen |= {p.read_bytes() for p in self.records.iterdir()}
 
     def _loop(self) -> None:
         own = str(os.getpid())
@@ -78,11 +91,12 @@ class ProcessSampler:
                         self.seen.add(f.read())
                 except OSError:
                     continue
-            time.sleep(0.003)
+            time.sleep(0.02)
 
     def git_commands(self) -> set[str]:
-        return {c.split(b"\0")[i].decode() for c in self.seen if os.path.basename(c.split(b"\0")[0]) == b"git"
-                for i in range(1, len(c.split(b"\0"))) if c.split(b"\0")[i] in (b"ls-remote", b"fetch", b"push", b"clone")}
+        """The network commands among the git command lines recorded."""
+        return {arg.decode() for line in self.seen if line.startswith(b"git\0")
+                for arg in line.split(b"\0") if arg in (b"ls-remote", b"fetch", b"push", b"clone")}
 
 
 class Repo:
@@ -113,6 +127,9 @@ def test_no_secret_leaks_from_any_command(tmp_path, monkeypatch):
 
     from prefect_gitops.blocks import GitOpsSource
 
+    prefect_logger = logging.getLogger("prefect")
+    monkeypatch.setattr(prefect_logger, "level", logging.DEBUG)  # the in-process runs' log lines too
+
     started = datetime.now(timezone.utc)
     c = {kind: canary(kind) for kind in ("giturl", "gitblock", "gitlab", "k8s", "apikey")}
     u = uid()
@@ -125,7 +142,9 @@ def test_no_secret_leaks_from_any_command(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_GITOPS_CACHE_DIR", str(cache))
     texts: list[str] = []  # results, state messages, CLI output: scanned at the end
 
-    k8s = FakeKubernetes(tmp_path / "k8s", token=c["k8s"])
+    k8s = FakeKubernetes(tmp_path / "k8s", token=c["k8s"], kubelet_delay=0.05)
+    sampler = ProcessSampler(tmp_path / "sampler")
+    monkeypatch.setenv("PATH", f"{sampler.bin}{os.pathsep}{os.environ['PATH']}")  # the CLI's env copies it
 
     def qa_doc(image: str, exit_code: int = 0) -> dict:
         smoke = {"kind": "kubernetes", "kubernetes": {
@@ -136,7 +155,7 @@ def test_no_secret_leaks_from_any_command(tmp_path, monkeypatch):
     repo = Repo(tmp_path)
     with k8s, GitHttpServer(tmp_path / "srv", c["giturl"], username="alice") as url_server, \
             GitHttpServer(tmp_path / "srv", c["gitblock"], username="deploy-bot") as block_server, \
-            GitHttpServer(tmp_path / "srv", c["gitlab"]) as gitlab_server, ProcessSampler() as sampler:
+            GitHttpServer(tmp_path / "srv", c["gitlab"]) as gitlab_server, sampler:
         sha0 = repo.commit(**{qa: qa_doc("flows:c-0"), prod: {"deployments": {f"{flow}/prod": {"job_variables": {
             "image": "flows:c-p"}}}}, gl: {"deployments": {f"{flow}/gl": {"job_variables": {"image": "flows:c-g"}}}}})
         host = f"127.0.0.1:{url_server.port}"
@@ -156,7 +175,9 @@ def test_no_secret_leaks_from_any_command(tmp_path, monkeypatch):
             texts.extend([json.dumps(report, default=str), str(state.message)])
             return report
 
-        cli_env = {**os.environ, "PREFECT_API_KEY": c["apikey"], "PREFECT_GITOPS_CACHE_DIR": str(cache)}
+        # the tests keep Prefect's logs at WARNING: here every run log line goes to the server, to be scanned
+        cli_env = {**os.environ, "PREFECT_API_KEY": c["apikey"], "PREFECT_GITOPS_CACHE_DIR": str(cache),
+                   "PREFECT_LOGGING_LEVEL": "DEBUG"}
 
         def cli(*args: str, codes: tuple[int, ...], source: str | None = None,
                 own_argv: bool = False) -> subprocess.Popen:
@@ -187,6 +208,7 @@ def test_no_secret_leaks_from_any_command(tmp_path, monkeypatch):
         save_gitlab_block("wrong-" + c["gitlab"])
         assert flow_in_process(environment=gl, source_block=gitlab_block)["status"] == "failed"
         assert [s["body"]["state"] for s in gitlab_server.statuses] == ["success", "failed"]
+        assert [r["authorized"] for r in block_server.requests][-1] is True  # the block's token was used
 
         # the password in the source URL (through the environment, so the CLI's own argv has none of it)
         sha1 = repo.commit(**{qa: qa_doc("flows:c-1")})
@@ -195,19 +217,17 @@ def test_no_secret_leaks_from_any_command(tmp_path, monkeypatch):
         finish(cli("status", "--env", qa, codes=(0,)),
                cli("plan", "--env", qa, codes=(1,), source=wrong_password),
                cli("rollback", "--env", f"none{u}", "--steps", "1", codes=(1,)),
-               cli("trigger", "--env", f"none{u}", codes=(1,)),
                cli("suspend", "--env", prod, "--reason", "canaries", codes=(0,)),
                # a password given on the command line is the caller's choice: only that process shows it
                cli("promote", "--source", wrong_password, "--from", qa, "--to", prod, codes=(1,), own_argv=True))
-        finish(cli("resume", "--env", prod, codes=(0,)))
-        finish(cli("rollback", "--env", qa, "--steps", "1", codes=(0,)))
+        finish(cli("resume", "--env", prod, codes=(0,)), cli("rollback", "--env", qa, "--steps", "1", codes=(0,)))
         repo.commit(**{qa: qa_doc("flows:c-2", exit_code=3)})
         finish(cli("apply", "--env", qa, codes=(1,), source=url_with_password))  # the smoke test fails
-        finish(cli("promote", "--source-block", token_block, "--from", qa, "--to", prod, codes=(0,)))
-
         create_deployment("gitops-reconcile", f"reconcile-{qa}", pool)  # no worker polls this pool
-        finish(cli("trigger", "--env", qa, codes=(0,)))
-    assert sha1 != sha0
+        finish(cli("promote", "--source-block", token_block, "--from", qa, "--to", prod, codes=(0,)),
+               cli("trigger", "--env", qa, codes=(0,)))
+    assert len(k8s.created_jobs) == len(k8s.deleted_jobs) == 3  # the smoke Jobs: passed, passed, failed
+    assert any(r["authorized"] for r in url_server.requests) and sha1 != sha0
 
     # the places the server keeps (events last: they are persisted a moment after they are emitted)
     read_events("prefect-gitops.smoke-test.failed", qa)
@@ -219,7 +239,7 @@ def test_no_secret_leaks_from_any_command(tmp_path, monkeypatch):
     # the scan saw what it had to see: git talking to the servers, the CLI, the cache's config
     assert {"ls-remote", "fetch", "push", "clone"} <= sampler.git_commands(), sampler.git_commands()
     assert any(b"prefect_gitops\0trigger" in c for c in sampler.seen) and sampler.exempt <= sampler.seen
-    assert any(p.endswith(".git/config") for p in places)
+    assert any(p.endswith(".git/config") for p in places) and "smoke test: starting Job" in places["server"]
     hits = [f"{kind} in {place}: ...{text[max(0, at - 150):at + 60]}..." for kind, secret in c.items()
             for form in encoded_forms(secret) for place, text in places.items()
             if (at := text.find(form.decode())) >= 0]
