@@ -8,8 +8,10 @@ ignores it, but the client sends it). The places: the flow runs (parameters, sta
 logs, artifacts and task runs read back from the server, the server's events, every block document as
 the API shows it and the state and history blocks with their secrets, the results and exception
 text, the CLI's stdout/stderr, every file of the Git cache (PREFECT_GITOPS_CACHE_DIR, .git/config
-included), and the command line of every process on the machine, sampled every few ms while the
-commands run (git's children included). A canary counts in raw, URL-encoded and base64 form.
+included), the arguments of every git command (a `git` shim first on PATH records them) and the
+command line of every process on the machine, sampled every 20 ms while the commands run (git's own
+helpers such as git-remote-http included). A canary counts in raw, URL-encoded and base64 form.
+Wall time: about 55 s (one test, sharing the session's Prefect server).
 """
 
 from __future__ import annotations
