@@ -102,12 +102,12 @@ def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH
     Exit 0: applied, nothing to do, or rolled back; 1: failed; 3: another rollout of ENV is in progress;
     4: held (suspended, sync window closed, promotion gate waiting).
     """
+    from prefect_gitops.adapters.url_credentials import hide_credentials
     from prefect_gitops.flows import reconcile
 
-    from prefect_gitops.adapters.url_credentials import hide_credentials
-
     # the flow run's parameters are stored on the server: the URL's password stays in this process
-    _run_flow(reconcile, output, env, environment=env, source_url=hide_credentials(source), ref=ref, path=path, revision=revision,
+    _run_flow(reconcile, output, env, environment=env, source_url=hide_credentials(source), ref=ref, path=path,
+              revision=revision,
               dry_run=dry_run, drift_mode=drift_mode.value, concurrency=concurrency, force=force,
               full_check=full_check, override_windows=override_windows)
 
@@ -238,9 +238,8 @@ def promote(source: Optional[str] = typer.Option(None, "--source", help="GitOps 
             path: Optional[str] = typer.Option(None, "--path", help="Folder of the environment files (default: the block's, else environments)."),
             output: Output = OUTPUT) -> None:
     """Write FROM's applied images into TO's file as a commit and push it (TO's next reconcile applies it)."""
-    from prefect_gitops.flows import promote as promote_flow
-
     from prefect_gitops.adapters.url_credentials import hide_credentials
+    from prefect_gitops.flows import promote as promote_flow
 
     # the flow says what is missing when neither --source nor --source-block is given; a password in
     # --source stays in this process (the flow run's parameters are stored on the server)
