@@ -41,7 +41,9 @@ class DriftOption(str, Enum):
     warn = "warn"
 
 
-SOURCE = typer.Option(..., "--source", help="GitOps repo URL (https, ssh, file:// or a path).")
+# from the environment too: a URL with a password in it stays out of the process list (`ps`)
+SOURCE = typer.Option(..., "--source", envvar="PREFECT_GITOPS_SOURCE",
+                      help="GitOps repo URL (https, ssh, file:// or a path).")
 REF = typer.Option("main", "--ref", help="Branch, tag or commit SHA.")
 ENV = typer.Option(..., "--env", help="Environment name: <path>/<env>.yaml.")
 PATH = typer.Option("environments", "--path", help="Folder of the environment files.")
@@ -117,9 +119,12 @@ def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH
     Run by a person, apply reads every managed target, so it applies the drift `plan` shows now;
     --quick takes the scheduled runs' shortcut and event-log check instead.
     """
+    from prefect_gitops.adapters.url_credentials import hide_credentials
     from prefect_gitops.flows import reconcile
 
-    _run_flow(reconcile, output, env, environment=env, source_url=source, ref=ref, path=path, revision=revision,
+    # the flow run's parameters are stored on the server: the URL's password stays in this process
+    _run_flow(reconcile, output, env, environment=env, source_url=hide_credentials(source), ref=ref, path=path,
+              revision=revision,
               dry_run=dry_run, drift_mode=drift_mode.value, concurrency=concurrency, force=force,
               full_check=full_check or not quick, override_windows=override_windows, policy_block=policy_block,
               allow_mass_release=allow_mass_release, allow_history_rewrite=allow_history_rewrite)
@@ -251,11 +256,14 @@ def promote(source: Optional[str] = typer.Option(None, "--source", help="GitOps 
             path: Optional[str] = typer.Option(None, "--path", help="Folder of the environment files (default: the block's, else environments)."),
             output: Output = OUTPUT) -> None:
     """Write FROM's applied images into TO's file as a commit and push it (TO's next reconcile applies it)."""
+    from prefect_gitops.adapters.url_credentials import hide_credentials
     from prefect_gitops.flows import promote as promote_flow
 
-    # the flow says what is missing when neither --source nor --source-block is given
+    # the flow says what is missing when neither --source nor --source-block is given; a password in
+    # --source stays in this process (the flow run's parameters are stored on the server)
     _run_flow(promote_flow, output, to_env, from_environment=from_env, to_environment=to_env,
-              source_block=source_block, source_url=source, branch=ref, path=path)
+              source_block=source_block, source_url=hide_credentials(source) if source else None,
+              branch=ref, path=path)
 
 
 EXIT_TIMEOUT = 124  # as timeout(1)

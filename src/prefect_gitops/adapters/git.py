@@ -21,6 +21,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 from prefect_gitops.adapters.git_runner import Credentials, GitRunner, display_url, scrub_credentials
 from prefect_gitops.adapters.git_write import GitWriter
 from prefect_gitops.adapters.signatures import verify_commit
+from prefect_gitops.adapters.url_credentials import credentials_for
 from prefect_gitops.errors import PermanentError, RefNotFound, TransientError
 from prefect_gitops.signatures import SignaturePolicy, SignatureVerdict
 
@@ -65,6 +66,8 @@ class GitSource:
     def __init__(self, url: str, *, cache_dir: Path | None = None, timeout: float = 60.0,
                  extra_env: dict[str, str] | None = None, attempts: int = 3, backoff: float = 1.0,
                  credentials: Credentials | None = None):
+        if credentials is None:  # a password in the URL goes to git through the environment, not argv
+            url, credentials = credentials_for(url)
         self.url = url
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.timeout = timeout

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from prefect_gitops.adapters.git_runner import Credentials, GitRunner
+from prefect_gitops.adapters.url_credentials import credentials_for
 from prefect_gitops.errors import GitOpsError, PermanentError, TransientError
 
 PUSH_ATTEMPTS = 3
@@ -40,6 +41,8 @@ class GitWriter:
     def __init__(self, url: str, *, credentials: Credentials | None = None, workdir_root: Path | None = None,
                  timeout: float = 60, extra_env: dict[str, str] | None = None,
                  author_name: str = "prefect-gitops", author_email: str = "prefect-gitops@localhost"):
+        if credentials is None:  # a password in the URL goes to git through the environment, not argv
+            url, credentials = credentials_for(url)
         self.url = url
         self.workdir_root = Path(workdir_root) if workdir_root else None
         self.timeout = timeout
