@@ -42,11 +42,15 @@ class DriftOption(str, Enum):
 
 
 # from the environment too: a URL with a password in it stays out of the process list (`ps`)
-SOURCE = typer.Option(..., "--source", envvar="PREFECT_GITOPS_SOURCE",
+SOURCE = typer.Option(None, "--source", envvar="PREFECT_GITOPS_SOURCE",
                       help="GitOps repo URL (https, ssh, file:// or a path).")
-REF = typer.Option("main", "--ref", help="Branch, tag or commit SHA.")
+# a block carries what a URL cannot: credentials and the signature check (a run that names the block
+# cannot leave the check out); --source, --ref and --path override its fields
+SOURCE_BLOCK = typer.Option(None, "--source-block", help="A saved GitOps Source block: its URL, ref, folder, "
+                                                          "credentials and signature verification.")
+REF = typer.Option(None, "--ref", help="Branch, tag or commit SHA (default: the block's, else main).")
 ENV = typer.Option(..., "--env", help="Environment name: <path>/<env>.yaml.")
-PATH = typer.Option("environments", "--path", help="Folder of the environment files.")
+PATH = typer.Option(None, "--path", help="Folder of the environment files (default: the block's, else environments).")
 OUTPUT = typer.Option(Output.text, "--output", "-o")
 REVISION = typer.Option(None, "--revision", help="Full commit SHA to use instead of resolving --ref.")
 POLICY_BLOCK = typer.Option(None, "--policy-block", help="GitOps Policy block to check the file against (must "
@@ -61,22 +65,35 @@ def _emit(payload: dict[str, Any], output: Output, text: str) -> None:
 
 
 @app.command()
-def plan(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH,
-         revision: Optional[str] = REVISION, output: Output = OUTPUT,
+def plan(source: Optional[str] = SOURCE, source_block: Optional[str] = SOURCE_BLOCK, ref: Optional[str] = REF,
+         env: str = ENV, path: Optional[str] = PATH, revision: Optional[str] = REVISION, output: Output = OUTPUT,
          drift_mode: DriftOption = typer.Option(DriftOption.from_file, "--drift-mode"),
          policy_block: Optional[str] = POLICY_BLOCK) -> None:
     """Show what apply would change. Exit 0: nothing; 2: changes pending; 1: error."""
     from prefect import get_client
 
-    from prefect_gitops.adapters.git import GitSource
     from prefect_gitops.adapters.prefect_api import PrefectAPI
+    from prefect_gitops.flows import git_source, load_block
     from prefect_gitops.reconcile import ReconcileRequest, reconcile
     from prefect_gitops.report import text
 
+    if not (source or source_block):
+        sys.stderr.write("give --source URL or --source-block NAME: where is the GitOps repo?\n")
+        raise typer.Exit(1)
+
     async def run() -> ReconcileResult:
-        request = ReconcileRequest(environment=env, source=GitSource(source), ref=ref, path=path,
+        try:
+            block = await load_block("GitOpsSource", source_block) if source_block else None
+        except ValueError as exc:  # Prefect's "Unable to find block document named ..."
+            sys.stderr.write(f"GitOps Source block {source_block!r}: {exc}\n")
+            raise typer.Exit(1)
+        url = source or (block.url if block else "")
+        request = ReconcileRequest(environment=env, source=git_source(block, url),
+                                   ref=ref or (block.ref if block else "main"),
+                                   path=path or (block.path if block else "environments"),
                                    revision=revision, dry_run=True, full_check=True,
                                    drift_mode=None if drift_mode == DriftOption.from_file else drift_mode.value,
+                                   signatures=block.signature_policy() if block else None,
                                    policy_block=policy_block)
         async with get_client() as client:
             return await reconcile(request, PrefectAPI(client))
@@ -91,8 +108,8 @@ def plan(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH,
 
 
 @app.command()
-def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH,
-          revision: Optional[str] = REVISION, output: Output = OUTPUT,
+def apply(source: Optional[str] = SOURCE, source_block: Optional[str] = SOURCE_BLOCK, ref: Optional[str] = REF,
+          env: str = ENV, path: Optional[str] = PATH, revision: Optional[str] = REVISION, output: Output = OUTPUT,
           dry_run: bool = typer.Option(False, "--dry-run", help="Plan in a flow run, write nothing."),
           drift_mode: DriftOption = typer.Option(DriftOption.from_file, "--drift-mode"),
           concurrency: int = typer.Option(4, "--concurrency", min=1, max=32),
@@ -123,8 +140,9 @@ def apply(source: str = SOURCE, ref: str = REF, env: str = ENV, path: str = PATH
     from prefect_gitops.flows import reconcile
 
     # the flow run's parameters are stored on the server: the URL's password stays in this process
-    _run_flow(reconcile, output, env, environment=env, source_url=hide_credentials(source), ref=ref, path=path,
-              revision=revision,
+    # (the flow says what is missing when neither --source nor --source-block is given)
+    _run_flow(reconcile, output, env, environment=env, source_block=source_block,
+              source_url=hide_credentials(source) if source else None, ref=ref, path=path, revision=revision,
               dry_run=dry_run, drift_mode=drift_mode.value, concurrency=concurrency, force=force,
               full_check=full_check or not quick, override_windows=override_windows, policy_block=policy_block,
               allow_mass_release=allow_mass_release, allow_history_rewrite=allow_history_rewrite)

@@ -23,7 +23,7 @@ from prefect_gitops.result import ReconcileResult
 from prefect_gitops.rollback import RollbackRequest, rollback as run_rollback
 from prefect_gitops.status import RunEnd, outcome
 
-if TYPE_CHECKING:  # for annotations only: _load_block() imports the block types when a block is named
+if TYPE_CHECKING:  # for annotations only: load_block() imports the block types when a block is named
     from prefect_gitops.blocks import GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
 
 
@@ -59,18 +59,18 @@ async def reconcile(
     allow_history_rewrite: bool = param(False, "Allow history rewrite", description="Apply a revision that does not descend from the last applied one, e.g. after a force-push (otherwise refused)."),
 ) -> dict[str, Any] | State[Any]:
     logger = get_run_logger()
-    block = await _load_block("GitOpsSource", source_block) if source_block else None
+    block = await load_block("GitOpsSource", source_block) if source_block else None
     url = source_url or (block.url if block else None)
     if not url:
         message = "give source_url or source_block: where is the GitOps repo?"
         return Failed(message=message, data={"environment": environment, "status": "failed", "message": message,
                                              "errors": [{"message": message}], "changes": [], "applied": 0})
-    source = block.to_source() if block and url == block.url else GitSource(url)
+    source = git_source(block, url)
     defaults: dict[str, Any] = {}
     if rollout_defaults_block:
-        defaults = deep_merge(defaults, (await _load_block("GitOpsRolloutDefaults", rollout_defaults_block)).as_file_defaults())
+        defaults = deep_merge(defaults, (await load_block("GitOpsRolloutDefaults", rollout_defaults_block)).as_file_defaults())
     if smoke_test_defaults_block:
-        defaults = deep_merge(defaults, (await _load_block("GitOpsSmokeTestDefaults", smoke_test_defaults_block)).as_file_defaults())
+        defaults = deep_merge(defaults, (await load_block("GitOpsSmokeTestDefaults", smoke_test_defaults_block)).as_file_defaults())
     request = ReconcileRequest(
         environment=environment, source=source, ref=ref or (block.ref if block else "main"),
         path=path or (block.path if block else "environments"), revision=revision,
@@ -95,17 +95,23 @@ async def reconcile(
 
 
 @overload
-async def _load_block(block_class: Literal["GitOpsSource"], name: str) -> GitOpsSource: ...
+async def load_block(block_class: Literal["GitOpsSource"], name: str) -> GitOpsSource: ...
 @overload
-async def _load_block(block_class: Literal["GitOpsRolloutDefaults"], name: str) -> GitOpsRolloutDefaults: ...
+async def load_block(block_class: Literal["GitOpsRolloutDefaults"], name: str) -> GitOpsRolloutDefaults: ...
 @overload
-async def _load_block(block_class: Literal["GitOpsSmokeTestDefaults"], name: str) -> GitOpsSmokeTestDefaults: ...
-async def _load_block(block_class: str, name: str) -> Block:
+async def load_block(block_class: Literal["GitOpsSmokeTestDefaults"], name: str) -> GitOpsSmokeTestDefaults: ...
+async def load_block(block_class: str, name: str) -> Block:
     # the block types bring GitLab's client with them (~0.1 s to import): only when a block is named
     import prefect_gitops.blocks
 
     block: Block = await getattr(prefect_gitops.blocks, block_class).aload(name)
     return block
+
+
+def git_source(block: GitOpsSource | None, url: str) -> GitSource:
+    """The source to read (and push) with: the block's, with its credentials, when the URL is the block's;
+    a URL given instead gets none of the block's secrets."""
+    return block.to_source() if block is not None and url == block.url else GitSource(url)
 
 
 async def _report_commit_status(block: GitOpsSource, result: ReconcileResult, logger: RunLogger) -> None:
@@ -151,7 +157,7 @@ async def promote(
     from prefect_gitops.promote import promote as run_promote
 
     logger = get_run_logger()
-    block = await _load_block("GitOpsSource", source_block) if source_block else None
+    block = await load_block("GitOpsSource", source_block) if source_block else None
     source_url = source_url or (block.url if block else None)
     branch = branch or (block.ref if block else "main")
     path = path or (block.path if block else "environments")
@@ -165,9 +171,7 @@ async def promote(
         message = f"environment {from_environment!r} has never been reconciled: nothing to promote"
         return Failed(message=message, data={"status": "failed", "message": message, "environment": to_environment,
                                              "errors": [{"message": message}], "changes": [], "applied": 0})
-    # push with the credentials the reconcile reads with: the block's source when the URL is the block's
-    # (a URL given instead gets none of the block's secrets, as in the reconcile)
-    source = block.to_source() if block and source_url == block.url else GitSource(source_url)
+    source = git_source(block, source_url)  # push with the credentials the reconcile reads with
     try:
         sha, plan = run_promote(state, to_environment, source.writer(), branch, path)
     except GitOpsError as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import (GitRepo, create_deployment, create_pool, deployment_job_variables, pool_default, read_state,
+from helpers import (GitRepo, cli, cli_json, create_deployment, create_pool, deployment_job_variables, pool_default, read_state,
                      run_reconcile_flow, server_snapshot, uid)
 from prefect_gitops.blocks import GitOpsSource
 from signing import Keys, signed_commit
@@ -90,3 +90,26 @@ def test_ssh_signer_in_allowed_signers_is_applied_another_is_refused(world):
     assert state.is_failed() and report["revision"] == other and "not in allowed_signers" in report["message"]
     assert read_state(env)[0].condition.reason == "Applied"
     _assert_refused(w, env, block, other, "signed by an SSH key that is not in allowed_signers")
+
+
+def test_the_cli_checks_the_block_it_is_given(world):
+    """`plan`/`apply --source-block` read the block's URL and signature check: a person at a terminal
+    cannot apply an unsigned revision that the scheduled runs would refuse."""
+    w, env, block = world, f"signed{uid()}", f"signed-cli-{uid()}"
+    repo = GitRepo(w["tmp"].mktemp("cli"))
+    GitOpsSource(url=repo.url, verify_signatures="ssh", allowed_signers=w["ssh_alice"].allowed_signer).save(block)
+    good = signed_commit(repo, env, _file(w, "flows:5.0.0"), w["ssh_alice"])
+    code, planned = cli_json("plan", "--source-block", block, "--env", env, check_codes=(2,))
+    assert planned["revision"] == good and planned["changes"], planned
+    code, applied = cli_json("apply", "--source-block", block, "--env", env)
+    assert applied["status"] == "applied" and applied["revision"] == good, applied
+    assert deployment_job_variables(w["daily"])["image"] == "flows:5.0.0"
+
+    unsigned = signed_commit(repo, env, _file(w, "flows:6.6.6"), None)
+    before = server_snapshot([w["pool"]], [w["daily"]])
+    for command, code_expected in (("plan", 1), ("apply", 1)):
+        code, report = cli_json(command, "--source-block", block, "--env", env, check_codes=(code_expected,))
+        assert report["revision"] == unsigned and "it is not signed" in report["errors"][0]["message"], report
+    assert server_snapshot([w["pool"]], [w["daily"]]) == before
+    missing = cli("plan", "--source-block", f"no-such-{uid()}", "--env", env, check_codes=(1,))
+    assert "no-such" in missing.stderr and "Traceback" not in missing.stderr
