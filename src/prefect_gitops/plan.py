@@ -70,8 +70,10 @@ def _plan_kind(result: Plan, target_kind: TargetKind, desired: EnvironmentFile, 
         for key in sorted(desired_keys):
             _plan_desired_key(result, target_kind.name, target, key, desired_keys[key], current,
                               inventory.get(target_kind.name, target, key), drift_mode)
+        # a target the server no longer has gets nothing back (a missing queue would be created to restore it)
+        exists = target in target_kind.actuals(actual)
         for key in sorted(set(section.get(target, {})) - set(desired_keys)):
-            _plan_removed_key(result, target_kind, target, key, current, section[target][key])
+            _plan_removed_key(result, target_kind, target, key, current if exists else None, section[target][key])
 
 
 def _plan_desired_key(result: Plan, target_type: TargetType, target: str, key: str, value: Any,

@@ -64,7 +64,11 @@ class ActualState:
 
 
 def same_value(a: Any, b: Any) -> bool:
-    # JSON equality: 1 == 1.0 but True != 1
+    # JSON equality: 1 == 1.0 but True != 1, at any depth (Python's == says [False] == [0])
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
     return bool(a == b)
