@@ -58,10 +58,12 @@ class FaultProxy:
     # -- what happened --------------------------------------------------------------------------
 
     def faults(self) -> dict[str, int]:
+        """Faults injected, by kind as the figures count them ("503-retry-after" is a "503")."""
         counts: dict[str, int] = {}
         for s in self.seen:
             if s.fault:
-                counts[s.fault] = counts.get(s.fault, 0) + 1
+                kind = s.fault.split("-")[0]
+                counts[kind] = counts.get(kind, 0) + 1
         return counts
 
     def retried(self) -> int:
