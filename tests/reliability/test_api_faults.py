@@ -4,7 +4,8 @@ Transient faults (500, 503, 429 with Retry-After, a connection reset after the s
 5 s of latency) at seeded random points are retried and the run converges; a fault that outlasts the
 retries and a 4xx each end the run Failed with exactly what was applied recorded, the 4xx never
 retried; the next run converges. CLI subprocesses talk to the proxy through PREFECT_API_URL.
-Reduced count: one transient trial (~35 s with the failing trial); PREFECT_GITOPS_FULL_TRIALS=1: six.
+Reduced count: one transient trial (5 faults, ~37 s) and the failing one (~44 s), measured at load 8 on
+2 cores; PREFECT_GITOPS_FULL_TRIALS=1: six transient trials (~165 s there).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ run does next (its client retries the lost connection for about a minute: it may
 the environment's lock slot is free within the lease time once the run's process is gone, and the
 next apply converges with the revision applied once in the history. In the full count a trial also
 SIGKILLs the apply while the server is down: the slot is then freed only by its lease running out.
-Reduced count: one trial (~1 min, two server starts); PREFECT_GITOPS_FULL_TRIALS=1: three.
+Reduced count: one trial (~2 min at load 8 on 2 cores: a server start, a restart, the client's
+reconnect backoff, two applies); PREFECT_GITOPS_FULL_TRIALS=1: three (~4 min, one waits out a lease).
 """
 
 from __future__ import annotations
