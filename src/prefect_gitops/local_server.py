@@ -28,6 +28,9 @@ def free_port() -> int:
         return port
 
 
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+
+
 def server_env(home: str | Path, port: int) -> dict[str, str]:
     """The settings of a server in `home` on 127.0.0.1:`port`, and of the clients that talk to it."""
     return {
@@ -36,6 +39,11 @@ def server_env(home: str | Path, port: int) -> dict[str, str]:
         "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        # concurrency leases on disk (in `home`), not in the server's memory: a server killed while a
+        # reconcile holds its environment's lock forgets in-memory leases but keeps the slot taken in
+        # its database, so the lock would stay held for ever; from disk, a restarted server lets the
+        # holder release it, or repossesses it when the lease runs out
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
     }
 
 

@@ -12,6 +12,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound
 from pydantic import ValidationError
 
+from prefect_gitops.adapters.api_retry import retrying
 from prefect_gitops.adapters.prefect_api import api_errors
 from prefect_gitops.errors import PermanentError
 from prefect_gitops.policy import DEFAULT_POLICY_BLOCK, Policy
@@ -23,7 +24,8 @@ async def read_policy(client: PrefectClient, name: str | None) -> Policy | None:
     block_name = name or DEFAULT_POLICY_BLOCK
     async with api_errors(f"reading the GitOps Policy block {block_name!r}"):  # 5xx, network: transient
         try:
-            document = await client.read_block_document_by_name(name=block_name, block_type_slug=POLICY_BLOCK_TYPE)
+            document = await retrying(lambda: client.read_block_document_by_name(
+                name=block_name, block_type_slug=POLICY_BLOCK_TYPE))
         except ObjectNotFound:  # no such block, or the block type was never registered
             document = None
     if document is None:

@@ -5,7 +5,8 @@ a constant number of requests per 200 targets, never one per deployment.
 Writes send a whole target's merged body, built by its kind (kinds/; the
 server replaces job_variables and base_job_template wholesale): this class
 implements every kind's writes protocol (kinds.PrefectWrites). HTTP failures are mapped to
-TransientError (5xx, 429, network) or PermanentError (other 4xx).
+TransientError (5xx, 429, network) or PermanentError (other 4xx); every call here is retried on the
+5xx that Prefect's client does not retry itself (api_retry.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from prefect.events.schemas.events import ReceivedEvent
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from prefect_gitops.adapters import state_store
+from prefect_gitops.adapters.api_retry import retrying
 from prefect_gitops.drift_events import CHANGE_EVENTS, ChangeEvent
 from prefect_gitops.errors import PermanentError, TransientError
 from prefect_gitops.kinds import kind_of_event
@@ -98,8 +100,8 @@ class PrefectAPI:
         out: dict[str, QueueActual] = {}
         for pool in pools:
             async with api_errors(f"reading the work queues of {pool!r}"):
-                queues = await _paged(lambda off: self.client.read_work_queues(
-                    work_pool_name=pool, limit=PAGE, offset=off))
+                queues = await retrying(lambda: _paged(lambda off: self.client.read_work_queues(
+                    work_pool_name=pool, limit=PAGE, offset=off)))
             for q in queues:
                 out[f"{pool}/{q.name}"] = QueueActual(name=f"{pool}/{q.name}", id=str(q.id), values={
                     "priority": q.priority, "concurrency_limit": q.concurrency_limit, "paused": q.is_paused})
@@ -110,7 +112,8 @@ class PrefectAPI:
             return {}
         flt = WorkPoolFilter(name=WorkPoolFilterName(any_=names))
         async with api_errors("reading work pools"):
-            pools = await _paged(lambda off: self.client.read_work_pools(work_pool_filter=flt, limit=PAGE, offset=off))
+            pools = await retrying(lambda: _paged(
+                lambda off: self.client.read_work_pools(work_pool_filter=flt, limit=PAGE, offset=off)))
         return {p.name: PoolActual(name=p.name, id=str(p.id), base_job_template=p.base_job_template or {}) for p in pools}
 
     async def read_deployments(self, names: list[str]) -> dict[str, DeploymentActual]:
@@ -123,11 +126,11 @@ class PrefectAPI:
         deployment_filter = DeploymentFilter(name=DeploymentFilterName(any_=deployment_names))
         async with api_errors("reading deployments"):
             flows, found = await read_together(
-                _paged(lambda off: self.client.read_flows(
-                    flow_filter=flow_filter, sort=FlowSort.NAME_ASC, limit=PAGE, offset=off)),
-                _paged(lambda off: self.client.read_deployments(
+                retrying(lambda: _paged(lambda off: self.client.read_flows(
+                    flow_filter=flow_filter, sort=FlowSort.NAME_ASC, limit=PAGE, offset=off))),
+                retrying(lambda: _paged(lambda off: self.client.read_deployments(
                     flow_filter=flow_filter, deployment_filter=deployment_filter,
-                    sort=DeploymentSort.NAME_ASC, limit=PAGE, offset=off)))
+                    sort=DeploymentSort.NAME_ASC, limit=PAGE, offset=off))))
             flow_name_by_id = {f.id: f.name for f in flows}
         wanted = set(names)
         out: dict[str, DeploymentActual] = {}
@@ -147,38 +150,45 @@ class PrefectAPI:
             event=EventNameFilter(name=CHANGE_EVENTS), order=EventOrder.ASC)
         events: list[ChangeEvent] = []
         async with api_errors("reading the event log"):
-            page = await self.client.read_events(filter=flt, limit=EVENT_PAGE)
+            page = await retrying(lambda: self.client.read_events(filter=flt, limit=EVENT_PAGE))
             if page.total > at_most:
                 return None
             while True:
                 events.extend(c for c in map(_change_event, page.events) if c is not None)
                 if not page.next_page or len(events) >= page.total:
                     return events
-                page = await self.client.read_events_page(str(page.next_page))
+                next_page = str(page.next_page)
+                page = await retrying(lambda: self.client.read_events_page(next_page))
 
     # -- writes -------------------------------------------------------------------------------
 
     async def update_work_pool(self, name: str, base_job_template: dict[str, Any]) -> None:
         async with api_errors(f"updating work pool {name!r}"):
-            await self.client.update_work_pool(name, WorkPoolUpdate(base_job_template=base_job_template))
+            await retrying(lambda: self.client.update_work_pool(name, WorkPoolUpdate(base_job_template=base_job_template)))
 
     async def update_deployment(self, name: str, deployment_id: str, job_variables: dict[str, Any]) -> None:
         async with api_errors(f"updating deployment {name!r}"):
-            await self.client.update_deployment(UUID(deployment_id), DeploymentUpdate(job_variables=job_variables))
+            await retrying(lambda: self.client.update_deployment(UUID(deployment_id),
+                                                                 DeploymentUpdate(job_variables=job_variables)))
 
     async def create_or_update_work_queue(self, pool: str, name: str, queue_id: str | None,
                                           fields: dict[str, Any]) -> None:
         """Create the queue with `fields` (when it has no id yet), else update them."""
         full_name = f"{pool}/{name}"
         async with api_errors(f"{'updating' if queue_id else 'creating'} work queue {full_name!r}"):
-            if queue_id is None:
-                try:
-                    await self.client.create_work_queue(name=name, work_pool_name=pool, **fields)
-                    return
-                except ObjectAlreadyExists:  # another environment's reconcile created it just now
-                    queue_id = str((await self.client.read_work_queue_by_name(name, work_pool_name=pool)).id)
-            if fields:
-                await self.client.update_work_queue(UUID(queue_id), **fields)
+            await retrying(lambda: self._create_or_update_work_queue(pool, name, queue_id, fields))
+
+    async def _create_or_update_work_queue(self, pool: str, name: str, queue_id: str | None,
+                                           fields: dict[str, Any]) -> None:
+        if queue_id is None:
+            try:
+                await self.client.create_work_queue(name=name, work_pool_name=pool, **fields)
+                return
+            except ObjectAlreadyExists:  # another environment's reconcile created it just now (or this
+                # one did, and the answer was lost)
+                queue_id = str((await self.client.read_work_queue_by_name(name, work_pool_name=pool)).id)
+        if fields:
+            await self.client.update_work_queue(UUID(queue_id), **fields)
 
     # -- the environment's recorded state (blocks named gitops-<env>, see state_store.py) -----------
 
@@ -186,11 +196,11 @@ class PrefectAPI:
         """The recorded state (with its history unless history=False) and an opaque handle for
         writing it back (None if never written)."""
         async with api_errors(f"reading the recorded state of {environment!r}"):
-            return await state_store.read_state(self.client, environment, history)
+            return await retrying(lambda: state_store.read_state(self.client, environment, history))
 
     async def write_state(self, state: EnvironmentState, handle: Any) -> Any:
         async with api_errors(f"recording the state of {state.environment!r}"):
-            return await state_store.write_state(self.client, state, handle)
+            return await retrying(lambda: state_store.write_state(self.client, state, handle))
 
 
 def _change_event(event: ReceivedEvent) -> ChangeEvent | None:
