@@ -33,6 +33,7 @@ async def record_outcome(api: PrefectAPI, state: EnvironmentState, handle: Any, 
 
     warned = [c for c in the_plan.changes if not c.apply]
     state.last_applied_revision, state.last_applied_at = revision, finished
+    state.last_applied_source = state.source  # the repository this revision came from (the history check)
     if result.applied:
         state.add_history(HistoryEntry(
             revision=revision, outcome=outcome_if_ok, started_at=started, finished_at=finished,

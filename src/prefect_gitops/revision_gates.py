@@ -29,6 +29,10 @@ def history_refusal(request: ReconcileRequest, state: EnvironmentState, revision
     applied = state.last_applied_revision
     if applied is None or revision == applied or request.allow_history_rewrite:
         return None  # after a rollback `applied` is the revision rolled back to: Git's head descends from it
+    if state.last_applied_source is not None and state.last_applied_source != request.source.display:
+        # another repository has no history in common with this one: moving an environment to it is
+        # decided where the source is set (the block, the deployment), by people committers are not
+        return None
     if request.source.descends_from(revision, applied):
         return None
     return RevisionRefused(

@@ -104,6 +104,8 @@ class EnvironmentState(BaseModel):
     last_attempted_at: dt.datetime | None = None
     last_applied_revision: str | None = None
     last_applied_at: dt.datetime | None = None
+    last_applied_source: str | None = Field(
+        default=None, description="The repository (URL without credentials) the last applied revision came from.")
     last_drift_check_at: dt.datetime | None = None
     drift_check_interval_seconds: int = 300
     last_full_read_at: dt.datetime | None = Field(

@@ -23,6 +23,7 @@ from helpers import (
     uid,
 )
 
+from prefect_gitops.adapters.git import GitSource
 from prefect_gitops.report import status_text
 
 EXIT_REFUSED = 5
@@ -145,6 +146,14 @@ def test_rewritten_history_is_refused_and_rollback_keeps_working(tmp_path):
     code, report = cli_json("apply", "--source", e["repo"].url, "--env", e["env"], "--allow-history-rewrite")
     assert report["status"] == "applied" and report["revision"] == rewritten
     assert pool_default(e["pool"], "image") == "flows:9.9.9"
+
+    # the environment moved to another repository (set in the source, not by a commit): no common
+    # history to compare, so no refusal; the history check resumes within the new repository
+    moved = GitRepo(tmp_path / "moved")
+    elsewhere = moved.commit_env(e["env"], _doc(e, pool_image="flows:10.0.0"))
+    code, report = cli_json("apply", "--source", moved.url, "--env", e["env"])
+    assert report["status"] == "applied" and report["revision"] == elsewhere, report
+    assert read_state(e["env"])[0].last_applied_source == GitSource(moved.url).display
 
 
 def test_apply_applies_the_drift_plan_shows(tmp_path):
