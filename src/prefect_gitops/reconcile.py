@@ -91,6 +91,7 @@ class Reconciler:
         self.build_error: ConfigError | None = None
         self.actual: ActualState | None = None
         self.plan = Plan()
+        self.source_failed = False  # the revision was resolved but could not be fetched or checked out
 
     async def run(self) -> ReconcileResult:
         try:
@@ -101,7 +102,7 @@ class Reconciler:
             revision_gates.refused(self.result, exc)
         except (ConfigError, TransientError, PermanentError) as exc:
             self.result.fail(exc)
-            if self.result.revision is None and not self.request.dry_run:
+            if (self.result.revision is None or self.source_failed) and not self.request.dry_run:
                 await record_source_failure(self.api, self.request.environment, self.result.message)
         return self.result
 
@@ -162,6 +163,9 @@ class Reconciler:
             self.result.file = self.loaded.file
         except ConfigError as exc:
             self.build_error = exc
+        except (TransientError, PermanentError):
+            self.source_failed = True  # status shows SourceFailed, as when the ref cannot be resolved
+            raise
 
     def holds_after_rollback(self) -> bool:
         state, result = self.state, self.result
