@@ -119,10 +119,13 @@ class Reconciler:
             await self.converge()
             return
         checked_until = await self.check_event_log()
+        applied_at_fetch = self.state.last_applied_revision
         async with self.lock(self.request.environment, self.lock_timeout):
             if checked_until is not None and await self.record_quiet_check(checked_until):
                 return
             await self.read_under_lock()
+            if self.superseded(applied_at_fetch):
+                return
             if self.holds_after_rollback():
                 return
             if self.build_error:
@@ -166,6 +169,12 @@ class Reconciler:
         except (TransientError, PermanentError):
             self.source_failed = True  # status shows SourceFailed, as when the ref cannot be resolved
             raise
+
+    def superseded(self, applied_at_fetch: str | None) -> bool:
+        message = revision_gates.superseded(self.request, self.state, self.revision, applied_at_fetch)
+        if message is not None:
+            self.result.status, self.result.message = Status.UP_TO_DATE, message
+        return message is not None
 
     def holds_after_rollback(self) -> bool:
         state, result = self.state, self.result
