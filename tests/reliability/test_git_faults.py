@@ -8,8 +8,8 @@ the next apply converge. A corrupted cache is no failure at all: the apply remov
 fetches again (adapters/git.py), so that trial asserts the same run converged.
 
 Randomness is seeded (the seed is in every assertion message): which corruption each cache trial makes.
-Trials: 1 remote-gone, 3 cache-corrupt, 1 ref-deleted (PREFECT_GITOPS_FULL_TRIALS=1: 3, 10 (every kind
-twice), 3). Wall time about 35 s at the reduced count.
+Trials: 1 remote-gone, 2 cache-corrupt, 1 ref-deleted (PREFECT_GITOPS_FULL_TRIALS=1: 3, 10 (every kind
+twice), 3). Wall time: about 120 s at the reduced count on a machine loaded 4x over its 2 cores.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def test_corrupted_cache_is_fetched_again(target, tmp_path):
     rng = random.Random(SEED)
     kinds = sorted(CORRUPTIONS)
     rng.shuffle(kinds)
-    trials = trial_count(3, 2 * len(kinds))
+    trials = trial_count(2, 2 * len(kinds))  # CI: two kinds, which ones rotates with the seed
     repo = GitRepo(tmp_path / "gitops")
     env, cache = f"cache{uid()}", tmp_path / "cache"
     for trial in range(trials):

@@ -19,7 +19,9 @@ What must hold, read back from the server:
   applied ends "up to date", not refused as a rewritten history).
 
 Runs: 6 at once (PREFECT_GITOPS_FULL_TRIALS=1: 20), 3 revisions (full: 5). Seeded: the order in which the
-two kinds of reconciles are started (seed in every assertion message).
+two kinds of reconciles are started (seed in every assertion message). Wall time: about 165 s (the
+control plane ~25 s of it) on a 2-core machine loaded 4x over; a good part is the worker starting a process
+per deployment run.
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ def _storm(plane: ControlPlane, tmp_path: Path, rng: random.Random, runs: int, r
                 cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     deployment_runs = _start_deployment_runs(runs - by_hand)
 
-    deadline = time.monotonic() + 600
+    storm_start = time.monotonic()
+    deadline = storm_start + 600
     while True:  # Git moves on whenever its latest revision is applied, while most of the storm is ahead
         finals = [r for r in _flow_runs(deployment_runs) if r.state is not None and r.state.is_final()]
         ended = len(finals) + sum(p.poll() is not None for p in applies)
@@ -136,7 +139,7 @@ def _storm(plane: ControlPlane, tmp_path: Path, rng: random.Random, runs: int, r
         assert time.monotonic() < deadline, f"seed {SEED}: the storm did not end in 600 s\n{plane.worker_log()}"
         time.sleep(0.5)
 
-    print(f"storm ended in {time.monotonic() - deadline + 600:.0f} s", file=sys.stderr)
+    print(f"storm ended in {time.monotonic() - storm_start:.0f} s", file=sys.stderr)  # shown with -s
     # every run ended as documented
     reports = []
     for proc in applies:
