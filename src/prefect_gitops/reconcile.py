@@ -91,6 +91,7 @@ class Reconciler:
         self.build_error: ConfigError | None = None
         self.actual: ActualState | None = None
         self.plan = Plan()
+        self.source_failed = False  # the revision was resolved but could not be fetched or checked out
 
     async def run(self) -> ReconcileResult:
         try:
@@ -101,7 +102,7 @@ class Reconciler:
             revision_gates.refused(self.result, exc)
         except (ConfigError, TransientError, PermanentError) as exc:
             self.result.fail(exc)
-            if self.result.revision is None and not self.request.dry_run:
+            if (self.result.revision is None or self.source_failed) and not self.request.dry_run:
                 await record_source_failure(self.api, self.request.environment, self.result.message)
         return self.result
 
@@ -118,10 +119,13 @@ class Reconciler:
             await self.converge()
             return
         checked_until = await self.check_event_log()
+        applied_at_fetch = self.state.last_applied_revision
         async with self.lock(self.request.environment, self.lock_timeout):
             if checked_until is not None and await self.record_quiet_check(checked_until):
                 return
             await self.read_under_lock()
+            if self.superseded(applied_at_fetch):
+                return
             if self.holds_after_rollback():
                 return
             if self.build_error:
@@ -162,6 +166,15 @@ class Reconciler:
             self.result.file = self.loaded.file
         except ConfigError as exc:
             self.build_error = exc
+        except (TransientError, PermanentError):
+            self.source_failed = True  # status shows SourceFailed, as when the ref cannot be resolved
+            raise
+
+    def superseded(self, applied_at_fetch: str | None) -> bool:
+        message = revision_gates.superseded(self.request, self.state, self.revision, applied_at_fetch)
+        if message is not None:
+            self.result.status, self.result.message = Status.UP_TO_DATE, message
+        return message is not None
 
     def holds_after_rollback(self) -> bool:
         state, result = self.state, self.result

@@ -72,3 +72,19 @@ def refused(result: ReconcileResult, refusal: RevisionRefused) -> None:
         result.problems.extend(refusal.problems)
     else:
         result.errors.append(refusal.message)
+
+
+def superseded(request: ReconcileRequest, state: EnvironmentState, revision: str,
+               applied_at_fetch: str | None) -> str | None:
+    """Why this run has nothing to do, when another run applied a later revision of the followed ref
+    while this one waited for the lock (it fetched `revision` before; the fresh record names a
+    descendant of it). Not a rewritten history: the newer revision already holds this one.
+    Only asked when the record changed during the wait, so a normal apply costs no Git question."""
+    applied = state.last_applied_revision
+    if request.revision is not None or applied in (None, revision, applied_at_fetch):
+        return None  # a pinned revision is the caller's choice: the history gate decides on it
+    assert applied is not None
+    if not request.source.descends_from(applied, revision):
+        return None
+    return (f"{revision[:12]} was superseded while this run waited for the lock: another run applied "
+            f"{applied[:12]}, a later revision of {request.ref!r}; nothing to do")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, TypeVar, TypeVarTuple
 
@@ -27,6 +29,8 @@ from prefect_gitops.signatures import SignaturePolicy, SignatureVerdict
 
 __all__ = ["SHA_PATTERN", "Credentials", "GitSource", "Source", "default_cache_dir", "display_url",
            "scrub_credentials"]
+
+logger = logging.getLogger(__name__)
 
 SHA_PATTERN = re.compile(r"^[0-9a-f]{40}$")
 
@@ -113,10 +117,12 @@ class GitSource:
 
     @contextlib.contextmanager
     def checkout(self, sha: str) -> Iterator[Path]:
-        with self._cached(sha) as repo:
-            self._git(["-C", str(repo), "checkout", "-q", "--force", "--detach", sha], what="check out", local=True)
-            self._git(["-C", str(repo), "clean", "-q", "-ffdx"], what="clean the checkout of", local=True)
+        with self._cached(sha, then=self._check_out) as repo:
             yield repo
+
+    def _check_out(self, repo: Path, sha: str) -> None:
+        self._git(["-C", str(repo), "checkout", "-q", "--force", "--detach", sha], what="check out", local=True)
+        self._git(["-C", str(repo), "clean", "-q", "-ffdx"], what="clean the checkout of", local=True)
 
     def verify_signature(self, sha: str, policy: SignaturePolicy) -> SignatureVerdict:
         # the commit object carries its signature: a shallow fetch of it is enough, and the
@@ -125,19 +131,37 @@ class GitSource:
             return verify_commit(self.runner, repo, sha, policy)
 
     @contextlib.contextmanager
-    def _cached(self, sha: str) -> Iterator[Path]:
-        """The cache repository, locked, with commit `sha` in it."""
+    def _cached(self, sha: str, then: Callable[[Path, str], None] | None = None) -> Iterator[Path]:
+        """The cache repository, locked, with commit `sha` in it (and `then(repo, sha)` done in it).
+
+        The cache is only a copy: when git cannot use it (a half-written object, garbage in a pack, a
+        stale index.lock or shallow.lock left by a killed git, a missing HEAD), it is removed and the
+        commit fetched once more from scratch. A missing ref (RefNotFound) and transient failures
+        (already retried) are the remote's, not the cache's: they are raised as they are."""
         if not SHA_PATTERN.match(sha):
             raise PermanentError(f"not a full commit SHA: {sha!r}")
         repo = self.cache_dir / hashlib.sha256(self.display.encode()).hexdigest()[:16]
         repo.mkdir(parents=True, exist_ok=True)
         with open(repo.parent / f"{repo.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one checkout per cache, across processes
-            if not (repo / ".git").is_dir():
-                self._git(["init", "-q", str(repo)], what="initialise the cache for", local=True)
-            if not self._has_commit(repo, sha):
-                self._retrying(self._fetch, repo, sha)
+            try:
+                self._fill(repo, sha, then)
+            except RefNotFound:
+                raise
+            except PermanentError as exc:
+                logger.warning("the Git cache %s is unusable (%s): fetching %s again into a new one", repo, exc, sha)
+                shutil.rmtree(repo)
+                repo.mkdir()
+                self._fill(repo, sha, then)
             yield repo
+
+    def _fill(self, repo: Path, sha: str, then: Callable[[Path, str], None] | None) -> None:
+        if not (repo / ".git").is_dir():
+            self._git(["init", "-q", str(repo)], what="initialise the cache for", local=True)
+        if not self._has_commit(repo, sha):
+            self._retrying(self._fetch, repo, sha)
+        if then is not None:
+            then(repo, sha)
 
     def descends_from(self, sha: str, ancestor: str) -> bool:
         # checkouts are shallow (--depth 1), so ancestry is asked of a second, complete (bare) cache:
@@ -169,7 +193,7 @@ class GitSource:
 
     def _has_commit(self, repo: Path, sha: str) -> bool:
         return self.runner.succeeds(["-C", str(repo), "cat-file", "-e", f"{sha}^{{commit}}"],
-                                    what="look in the cache of")
+                                    what="look in the cache of", env=self._cache_only())
 
     def _fetch(self, repo: Path, sha: str) -> None:
         try:
@@ -181,4 +205,10 @@ class GitSource:
     def _git(self, args: list[str], *, what: str, local: bool = False) -> str:
         if not local:
             self.git_operations += 1
-        return self.runner.run(args, what=what, local=local)
+        return self.runner.run(args, what=what, local=local, env=self._cache_only())
+
+    def _cache_only(self) -> dict[str, str]:
+        """git run with `-C <cache entry>` looks for a repository in the directories above it when the
+        entry is not one (a missing HEAD): a cache inside a user's home under Git (dotfiles) would
+        then be checked out and cleaned (`clean -ffdx`). The ceiling stops the search at the cache."""
+        return {"GIT_CEILING_DIRECTORIES": str(self.cache_dir.resolve())}
