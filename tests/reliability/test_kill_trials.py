@@ -165,9 +165,9 @@ def kill_at(proxy: KillProxy, repo: GitRepo, env: str, concurrency: int, log: Pa
             proxy.release()
 
 
-def apply_through(proxy: KillProxy, repo: GitRepo, env: str) -> tuple[int, dict]:
+def apply_through(proxy: KillProxy, repo: GitRepo, env: str, concurrency: int) -> tuple[int, dict]:
     done = subprocess.run([sys.executable, "-m", "prefect_gitops", "apply", "--source", repo.url, "--env", env,
-                           "--output", "json"], capture_output=True, text=True, timeout=300,
+                           "--concurrency", str(concurrency), "--output", "json"], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PREFECT_API_URL": proxy.url})
     assert done.stdout.strip(), f"exit {done.returncode}: {done.stderr[-3000:]}"
     return done.returncode, json.loads(done.stdout)
@@ -209,7 +209,7 @@ def test_kill_trials(tmp_path):
             killed_at = time.monotonic()
             # the next run, not killed
             proxy.arm(f"converge-{k}", None)
-            code, result = apply_through(proxy, repo, fleet.env)
+            code, result = apply_through(proxy, repo, fleet.env, concurrency)
             after, _ = read_state(fleet.env)
             writes = Counter(w.target for w in proxy.writes
                              if w.run in (f"killed-{k}", f"converge-{k}") and w.outcome == "landed" and w.image == image)
