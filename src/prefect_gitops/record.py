@@ -12,9 +12,9 @@ from typing import Any
 from prefect_gitops.adapters.prefect_api import PrefectAPI
 from prefect_gitops.drift_events import covered_after_full_read
 from prefect_gitops.errors import ConfigProblem, GitOpsError
-from prefect_gitops.plan import Plan
+from prefect_gitops.plan import Change, Plan
 from prefect_gitops.result import ReconcileResult
-from prefect_gitops.state import Condition, EnvironmentState, HistoryEntry, finish_apply, utcnow
+from prefect_gitops.state import Condition, EnvironmentState, HistoryEntry, completed_writes, finish_apply, utcnow
 from prefect_gitops.status import Reason, Status
 
 
@@ -23,21 +23,22 @@ async def record_outcome(api: PrefectAPI, state: EnvironmentState, handle: Any, 
                          outcome_if_ok: str = "applied") -> ReconcileResult:
     """Complete the inventory and the history after the writes, and set the run's status."""
     finished = utcnow()
+    written = await _completed_writes(api, state, the_plan) + result.applied  # a killed run's writes first
     state.inventory = finish_apply(state.inventory, the_plan, result.applied, revision)
     state.last_drift_check_at = finished
     # every target was read after `started`: the next drift check asks the event log from there
     state.last_full_read_at, state.drift_checked_until = started, covered_after_full_read(started)
     state.drift_check_interval_seconds = check_interval
     if result.failed or result.held:
-        return await _record_not_applied(api, state, handle, revision, result, started, finished)
+        return await _record_not_applied(api, state, handle, revision, result, started, finished, written)
 
     warned = [c for c in the_plan.changes if not c.apply]
     state.last_applied_revision, state.last_applied_at = revision, finished
     state.last_applied_source = state.source  # the repository this revision came from (the history check)
-    if result.applied:
+    if written:
         state.add_history(HistoryEntry(
             revision=revision, outcome=outcome_if_ok, started_at=started, finished_at=finished,
-            flow_run_id=result.flow_run_id, changes=result.applied))
+            flow_run_id=result.flow_run_id, changes=written))
     reason = Reason.DRIFT_WARNED if warned else (Reason.APPLIED if result.applied else Reason.IN_SYNC)
     if state.rolled_back is not None:
         reason = Reason.ROLLED_BACK
@@ -51,16 +52,27 @@ async def record_outcome(api: PrefectAPI, state: EnvironmentState, handle: Any, 
     return result
 
 
+async def _completed_writes(api: PrefectAPI, state: EnvironmentState, the_plan: Plan) -> list[Change]:
+    """A killed run's writes this run found landed, less those its history entry names already (read
+    only when there are any: after a kill)."""
+    found = completed_writes(state.inventory, the_plan)
+    if found:
+        stored, _ = await api.read_state(state.environment)
+        found = completed_writes(state.inventory, the_plan, stored.history[0].changes if stored.history else [])
+    return found
+
+
 async def _record_not_applied(api: PrefectAPI, state: EnvironmentState, handle: Any, revision: str,
-                              result: ReconcileResult, started: dt.datetime, finished: dt.datetime) -> ReconcileResult:
+                              result: ReconcileResult, started: dt.datetime, finished: dt.datetime,
+                              written: list[Change]) -> ReconcileResult:
     reasons = list(result.errors)
     reasons += [f"smoke test failed: {t.describe()}: {r.message}" for t, r in result.failed_smoke_tests]
     state.condition = Condition(ready=False, reason=Reason.APPLY_FAILED if result.failed else Reason.SMOKE_TEST_FAILED,
                                 message="; ".join(reasons)[:2000])
-    if result.applied or result.failed:
+    if written or result.failed:
         state.add_history(HistoryEntry(
-            revision=revision, outcome="partial" if result.applied else "failed", started_at=started,
-            finished_at=finished, flow_run_id=result.flow_run_id, changes=result.applied, failures=reasons))
+            revision=revision, outcome="partial" if written else "failed", started_at=started,
+            finished_at=finished, flow_run_id=result.flow_run_id, changes=written, failures=reasons))
     await api.write_state(state, handle)
     result.error_kind = "transient" if result.writes_failed_transiently else "permanent"
     result.status = Status.FAILED

@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from prefect_gitops.kinds import KINDS, kind
-from prefect_gitops.plan import Change, Plan, TargetType
+from prefect_gitops.plan import Change, NoOp, Plan, TargetType
+from prefect_gitops.targets import same_value
 from prefect_gitops.status import Reason
 
 HISTORY_LIMIT = 50
@@ -31,6 +32,10 @@ class ManagedKey(BaseModel):
     previous: Any = Field(default=None, description="Its value then; restored for pool defaults.")
     revision: str | None = None
     applied_at: dt.datetime | None = Field(default=None, description="When `value` was first applied.")
+    # While applied is False: what the key held before this write, so that a later run which finds the
+    # write landed (its run was killed before recording it) can put the change in the history.
+    pending_old: Any = Field(default=None, description="While not applied: the value before this write.")
+    pending_old_present: bool = Field(default=False, description="While not applied: whether the key existed.")
 
 
 class Inventory(BaseModel):
@@ -178,6 +183,7 @@ def begin_apply(inventory: Inventory, changes: list[Change], revision: str) -> I
         else:
             entry = entry.model_copy(update={"value": change.new, "applied": False})
         entry.revision = revision
+        entry.pending_old, entry.pending_old_present = change.old, change.old_present
         out.put(change.target_type, change.target, change.key, entry)
     return out
 
@@ -207,6 +213,27 @@ def finish_apply(inventory: Inventory, plan: Plan, applied: list[Change], revisi
                                                  "applied_at": entry.applied_at or utcnow()})
             out.put(noop.target_type, noop.target, noop.key, entry)
     return out
+
+
+def completed_writes(inventory: Inventory, plan: Plan, recorded: list[Change] | None = None) -> list[Change]:
+    """Writes an earlier run made but never recorded (it was killed after the server applied them):
+    keys still marked unapplied that the server now holds at the value written, less those `recorded`
+    names (the newest history entry: a run killed between its history write and its state write). They
+    belong in the history of the run that finds them, or no entry would name them (and a rollback
+    would miss them)."""
+    def named(noop: NoOp) -> bool:
+        return any((c.target_type, c.target, c.key) == (noop.target_type, noop.target, noop.key)
+                   and c.action == "set" and same_value(c.new, noop.value) for c in recorded or [])
+
+    found = []
+    for noop in plan.noops:
+        entry = inventory.get(noop.target_type, noop.target, noop.key)
+        if (noop.reason == "in-sync" and entry is not None and not entry.applied
+                and same_value(entry.value, noop.value) and not named(noop)):
+            found.append(Change(target_type=noop.target_type, target=noop.target, key=noop.key, action="set",
+                                old=entry.pending_old, old_present=entry.pending_old_present, new=noop.value,
+                                reason="desired"))
+    return found
 
 
 def managed_values(inventory: Inventory) -> dict[TargetType, dict[str, dict[str, Any]]]:

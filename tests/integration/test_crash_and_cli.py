@@ -49,9 +49,11 @@ def test_reconcile_killed_mid_apply_converges(tmp_path):
         return {"work_pools": {pool: {"job_variables": {"image": image}}},
                 "deployments": {n: {"job_variables": {"image": image}} for n in names}}
 
-    # Each trial commits a new image and SIGKILLs the apply once the server shows some, not all, of its
+    # A trial commits a new image and SIGKILLs the apply once the server shows some, not all, of its
     # writes: the kill is placed by observed progress, not by a delay. A run killed while it held the
     # environment's lock keeps it until its lease ends (about a minute): the next apply waits for it.
+    # One such kill is enough here (the lease, the removal below); tests/reliability/test_kill_trials.py
+    # kills at every phase of an apply, chained over revisions, and counts every write.
     mid_write_kills, sha, image = 0, None, None
     for trial in range(1, 5):
         image = f"flows:{trial}"
@@ -73,7 +75,7 @@ def test_reconcile_killed_mid_apply_converges(tmp_path):
             mid_write_kills += 1
             assert state.last_applied_revision != sha  # never claimed while writes were missing
             assert state.has_unfinished_writes()  # the attempt was recorded before the writes
-        if mid_write_kills == 2:
+        if mid_write_kills == 1:
             break
     assert mid_write_kills >= 1, "no kill landed between two writes"
 

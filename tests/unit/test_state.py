@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prefect_gitops.model import EnvironmentFile
 from prefect_gitops.plan import ActualState, PoolActual, plan
-from prefect_gitops.state import EnvironmentState, HistoryEntry, Inventory, begin_apply, finish_apply, utcnow
+from prefect_gitops.state import EnvironmentState, HistoryEntry, Inventory, begin_apply, completed_writes, finish_apply
+from prefect_gitops.state import utcnow
 
 POOL = {"variables": {"properties": {"image": {"type": "string", "default": "flows:0"}}}}
 
@@ -36,6 +37,19 @@ def test_crash_after_write_keeps_the_original_previous_value():
     third = plan(desired(None), actual("flows:1"), done, "correct")
     assert [(c.action, c.new, c.removed_from_git) for c in third.changes] == [("set", "flows:0", True)]
     assert finish_apply(done, third, third.to_apply, "rev2").count() == 0
+
+
+def test_a_killed_runs_landed_write_is_handed_to_the_next_runs_history():
+    done = finish_apply(Inventory(), plan(desired("flows:1"), actual("flows:1"), Inventory(), "correct"), [], "rev1")
+    change = plan(desired("flows:2"), actual("flows:1"), done, "correct").to_apply
+    ahead = begin_apply(done, change, "rev2")
+    # killed after the server took flows:2, before the record: the next run finds it in sync
+    found = completed_writes(ahead, plan(desired("flows:2"), actual("flows:2"), ahead, "correct"))
+    assert [(c.target, c.old, c.old_present, c.new) for c in found] == [("k8s", "flows:1", True, "flows:2")]
+    # killed between its history write and its state write: the history names it already
+    assert completed_writes(ahead, plan(desired("flows:2"), actual("flows:2"), ahead, "correct"), change) == []
+    # killed before the write reached the server: a change to make, not one made
+    assert completed_writes(ahead, plan(desired("flows:2"), actual("flows:1"), ahead, "correct")) == []
 
 
 def test_failed_write_is_not_recorded_as_applied():
