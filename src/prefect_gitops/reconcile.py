@@ -141,10 +141,13 @@ class Reconciler:
     # -- fetch and build ---------------------------------------------------------------------------
 
     async def fetch(self) -> bool:
-        """One remote lookup, then the recorded state. False when there is nothing more to do."""
+        """The recorded state, then one remote lookup. False when there is nothing more to do."""
         request, result = self.request, self.result
-        self.revision = result.revision = request.revision or request.source.resolve(request.ref)
+        # the record first: a run that applies a later revision after this read shows as a change of the
+        # record once this run holds the lock, so superseded() sees it (read after the lookup, a revision
+        # applied in between looked like history rewritten; found by the storm trial)
         self.state, self.handle = await self.api.read_state(request.environment, history=False)
+        self.revision = result.revision = request.revision or request.source.resolve(request.ref)
         if self.holds_after_rollback():
             return False
         state = self.state

@@ -32,6 +32,25 @@ def deployable_prefect_file(target: Path, schedule_interval: int | None = None) 
                           schedule_interval=schedule_interval)
 
 
+def forget_environments(*environments: str) -> None:
+    """Delete the recorded state and history of `environments` (as an operator retiring them would)."""
+    from helpers import _with_client, run
+    from prefect_gitops.adapters.state_store import HISTORY_BLOCK_TYPE, STATE_BLOCK_TYPE, state_block_name
+    from prefect.exceptions import ObjectNotFound
+
+    async def go(client):
+        for environment in environments:
+            for slug in (STATE_BLOCK_TYPE, HISTORY_BLOCK_TYPE):
+                try:
+                    document = await client.read_block_document_by_name(name=state_block_name(environment),
+                                                                        block_type_slug=slug)
+                except ObjectNotFound:
+                    continue
+                await client.delete_block_document(document.id)
+
+    run(_with_client(go))
+
+
 class ControlPlane:
     def __init__(self, tmp: Path, schedule_interval: int | None = None, schedules_active: bool = True):
         self.tmp = tmp
@@ -55,6 +74,10 @@ class ControlPlane:
     def start(self) -> "ControlPlane":
         from helpers import create_canary_deployment, create_canary_pool
 
+        # every control plane deploys the same reconcile-qa/-prod onto a new estate and a new repository:
+        # the record another test module's plane left for qa and prod would make this plane's first
+        # revision a rewritten history and a mass release (both refused, rightly), so it starts afresh
+        forget_environments("qa", "prod")
         create_canary_pool(self.pool)
         # the GitOps repo: qa keeps the control queue in the control pool and one workload deployment;
         # prod one workload of its own (reconcile-prod is deployed and scheduled too)
@@ -100,3 +123,14 @@ class ControlPlane:
 
     def stop(self) -> None:
         self._stack.close()
+        # its schedules would go on adding runs that the next module's plane (same deployment names)
+        # sees change state; pausing them makes the server drop the pending ones
+        from helpers import _with_client, run
+
+        async def pause(client):
+            for name in ("gitops-reconcile/reconcile-qa", "gitops-reconcile/reconcile-prod"):
+                deployment = await client.read_deployment_by_name(name)
+                for schedule in await client.read_deployment_schedules(deployment.id):
+                    await client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+
+        run(_with_client(pause))
