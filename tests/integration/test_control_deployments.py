@@ -174,8 +174,8 @@ def test_the_rollback_deployment_restores_the_previous_revision(plane):
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status
     assert f"rolled back:              yes (manual) from {after[:12]} to {before[:12]} at " in status.stdout, status.stdout
-    events = wait_until(lambda: [e for e in read_events("prefect-gitops.rollback", "qa", wait=1)
-                                 if e["payload"]["flow_run_id"] == str(flow_run.id)], "the rollback event", 30)
+    # events are persisted a moment after they are sent: read_events polls until this run's is in
+    events = read_events("prefect-gitops.rollback", "qa", flow_run_id=str(flow_run.id))
     assert [e["payload"]["revision"] for e in events] == [before]
 
 
