@@ -93,27 +93,7 @@ class WriteRecorder:
         return web.Response(status=status, body=payload, headers=CIMultiDict(answer_headers))
 
     async def _websocket(self, request):
-        protocols = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
-        inbound = web.WebSocketResponse(protocols=protocols)
-        await inbound.prepare(request)
-        target = "ws" + self.upstream[len("http"):] + request.path_qs
-        async with self.session.ws_connect(target, protocols=protocols) as outbound:
-            async def pump(source, sink):
-                async for message in source:
-                    if message.type == aiohttp.WSMsgType.TEXT:
-                        await sink.send_str(message.data)
-                    elif message.type == aiohttp.WSMsgType.BINARY:
-                        await sink.send_bytes(message.data)
-                    else:
-                        break
-                await sink.close()
-
-            tasks = [asyncio.ensure_future(pump(inbound, outbound)), asyncio.ensure_future(pump(outbound, inbound))]
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                task.cancel()
-        await inbound.close()
-        return inbound
+        return await relay_websocket(self.session, self.upstream, request)
 
     def most_at_once(self, names: set[str]) -> int:
         """The largest number of writes of `names` the server was handling at the same moment."""
@@ -124,3 +104,28 @@ class WriteRecorder:
             now += step
             most = max(most, now)
         return most
+
+
+async def relay_websocket(session, upstream: str, request):
+    """Pass a websocket (Prefect's events and logs) through to `upstream` unchanged, both ways."""
+    protocols = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    inbound = web.WebSocketResponse(protocols=protocols)
+    await inbound.prepare(request)
+    target = "ws" + upstream[len("http"):] + request.path_qs
+    async with session.ws_connect(target, protocols=protocols) as outbound:
+        async def pump(source, sink):
+            async for message in source:
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    await sink.send_str(message.data)
+                elif message.type == aiohttp.WSMsgType.BINARY:
+                    await sink.send_bytes(message.data)
+                else:
+                    break
+            await sink.close()
+
+        tasks = [asyncio.ensure_future(pump(inbound, outbound)), asyncio.ensure_future(pump(outbound, inbound))]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+    await inbound.close()
+    return inbound

@@ -30,6 +30,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from write_recorder import relay_websocket
+
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade",
               "proxy-connection", "te", "trailer"}
 # the reconcile's own requests; orchestration (flow_runs, task_runs, logs, events, leases) is not faulted
@@ -155,24 +157,4 @@ class FaultProxy:
             return answer.status, payload, kept
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
-        protocols = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
-        inbound = web.WebSocketResponse(protocols=protocols)
-        await inbound.prepare(request)
-        target = "ws" + self.upstream[len("http"):] + request.path_qs
-        async with self.session.ws_connect(target, protocols=protocols) as outbound:
-            async def pump(source, sink) -> None:
-                async for message in source:
-                    if message.type == aiohttp.WSMsgType.TEXT:
-                        await sink.send_str(message.data)
-                    elif message.type == aiohttp.WSMsgType.BINARY:
-                        await sink.send_bytes(message.data)
-                    else:
-                        break
-                await sink.close()
-
-            tasks = [asyncio.ensure_future(pump(inbound, outbound)), asyncio.ensure_future(pump(outbound, inbound))]
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                task.cancel()
-        await inbound.close()
-        return inbound
+        return await relay_websocket(self.session, self.upstream, request)
