@@ -30,3 +30,24 @@ def test_a_cache_without_head_inside_a_repository_leaves_that_repository_alone(t
     assert home.git("rev-parse", "HEAD") == home_head
     assert subprocess.run(["git", "-C", str(home.root), "cat-file", "-e", f"{second}^{{commit}}"],
                           capture_output=True).returncode != 0  # nothing was fetched into the home repository
+
+
+def test_a_corrupted_history_cache_is_fetched_again(tmp_path):
+    # the history gates ask ancestry of the complete (bare) cache; garbage in its objects (a killed
+    # fetch, a full disk) must not make every later reconcile fail: the entry is fetched anew
+    gitops = GitRepo(tmp_path / "gitops")
+    first = gitops.commit_env("qa", {"deployments": {}})
+    second = gitops.commit_env("qa", {"work_pools": {}})
+    cache = tmp_path / "cache"
+    assert GitSource(gitops.url, cache_dir=cache).descends_from(second, first)
+    history = next(cache.glob("*.history.git"))
+    objects = [p for p in (history / "objects").rglob("*") if p.is_file()]
+    assert objects
+    for path in objects:
+        path.chmod(0o644)
+        path.write_bytes(b"not a git object")
+    third = gitops.commit_env("qa", {"work_pools": {}, "deployments": {}})
+
+    source = GitSource(gitops.url, cache_dir=cache, attempts=1)
+    assert source.descends_from(third, first)
+    assert not source.descends_from(first, third)

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, TypeVar, TypeVarTuple
 
@@ -36,6 +37,24 @@ SHA_PATTERN = re.compile(r"^[0-9a-f]{40}$")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+
+@dataclass(frozen=True)
+class CacheKind:
+    """One kind of cache entry per repository: where it lives next to the others and how git makes it."""
+
+    suffix: str  # after the repository's hash in the cache directory
+    marker: str  # the path inside that exists once git has initialised the entry
+    init_args: tuple[str, ...] = ()
+    fetch_args: tuple[str, ...] = ()
+    config: tuple[tuple[str, str], ...] = ()
+
+
+# what the reconcile reads: one commit deep, checked out
+CHECKOUTS = CacheKind(suffix="", marker=".git", fetch_args=("--depth", "1"))
+# what the history gates ask (descends_from): complete and bare, gc off so nothing fetched is pruned
+# under a later question
+HISTORY = CacheKind(suffix=".history.git", marker="HEAD", init_args=("--bare",), config=(("gc.auto", "0"),))
 
 
 class Source(Protocol):
@@ -117,7 +136,7 @@ class GitSource:
 
     @contextlib.contextmanager
     def checkout(self, sha: str) -> Iterator[Path]:
-        with self._cached(sha, then=self._check_out) as repo:
+        with self._cached(CHECKOUTS, sha, then=self._check_out) as repo:
             yield repo
 
     def _check_out(self, repo: Path, sha: str) -> None:
@@ -127,12 +146,23 @@ class GitSource:
     def verify_signature(self, sha: str, policy: SignaturePolicy) -> SignatureVerdict:
         # the commit object carries its signature: a shallow fetch of it is enough, and the
         # checkout that follows finds it in the cache without asking the remote again
-        with self._cached(sha) as repo:
+        with self._cached(CHECKOUTS, sha) as repo:
             return verify_commit(self.runner, repo, sha, policy)
 
+    def descends_from(self, sha: str, ancestor: str) -> bool:
+        # checkouts are shallow, so ancestry is asked of the complete (bare) history cache: fetching
+        # `sha` there brings all of its history, hence an ancestor missing after the fetch is no ancestor
+        if not SHA_PATTERN.match(ancestor):
+            raise PermanentError(f"not a full commit SHA: {ancestor!r}")
+        with self._cached(HISTORY, sha) as repo:
+            if not self._has_commit(repo, ancestor):
+                return False
+            return self.runner.answers_yes(["-C", str(repo), "merge-base", "--is-ancestor", ancestor, sha],
+                                           what="compare the history of")
+
     @contextlib.contextmanager
-    def _cached(self, sha: str, then: Callable[[Path, str], None] | None = None) -> Iterator[Path]:
-        """The cache repository, locked, with commit `sha` in it (and `then(repo, sha)` done in it).
+    def _cached(self, kind: CacheKind, sha: str, then: Callable[[Path, str], None] | None = None) -> Iterator[Path]:
+        """The cache repository of `kind`, locked, with commit `sha` in it (and `then(repo, sha)` done in it).
 
         The cache is only a copy: when git cannot use it (a half-written object, garbage in a pack, a
         stale index.lock or shallow.lock left by a killed git, a missing HEAD), it is removed and the
@@ -140,67 +170,41 @@ class GitSource:
         (already retried) are the remote's, not the cache's: they are raised as they are."""
         if not SHA_PATTERN.match(sha):
             raise PermanentError(f"not a full commit SHA: {sha!r}")
-        repo = self.cache_dir / hashlib.sha256(self.display.encode()).hexdigest()[:16]
+        repo = self.cache_dir / (hashlib.sha256(self.display.encode()).hexdigest()[:16] + kind.suffix)
         repo.mkdir(parents=True, exist_ok=True)
         with open(repo.parent / f"{repo.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one checkout per cache, across processes
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one git at a time per cache entry, across processes
             try:
-                self._fill(repo, sha, then)
+                self._fill(kind, repo, sha, then)
             except RefNotFound:
                 raise
             except PermanentError as exc:
                 logger.warning("the Git cache %s is unusable (%s): fetching %s again into a new one", repo, exc, sha)
                 shutil.rmtree(repo)
                 repo.mkdir()
-                self._fill(repo, sha, then)
+                self._fill(kind, repo, sha, then)
             yield repo
 
-    def _fill(self, repo: Path, sha: str, then: Callable[[Path, str], None] | None) -> None:
-        if not (repo / ".git").is_dir():
-            self._git(["init", "-q", str(repo)], what="initialise the cache for", local=True)
+    def _fill(self, kind: CacheKind, repo: Path, sha: str, then: Callable[[Path, str], None] | None) -> None:
+        if not (repo / kind.marker).exists():
+            self._git(["init", "-q", *kind.init_args, str(repo)], what="initialise the cache for", local=True)
+            for key, value in kind.config:
+                self._git(["-C", str(repo), "config", key, value], what="configure the cache of", local=True)
         if not self._has_commit(repo, sha):
-            self._retrying(self._fetch, repo, sha)
+            self._retrying(self._fetch, kind, repo, sha)
         if then is not None:
             then(repo, sha)
 
-    def descends_from(self, sha: str, ancestor: str) -> bool:
-        # checkouts are shallow (--depth 1), so ancestry is asked of a second, complete (bare) cache:
-        # fetching `sha` there brings all of its history, hence an ancestor missing after the fetch is
-        # no ancestor. gc is off in it so nothing fetched is pruned under a later question.
-        if not (SHA_PATTERN.match(sha) and SHA_PATTERN.match(ancestor)):
-            raise PermanentError(f"not full commit SHAs: {sha!r}, {ancestor!r}")
-        repo = self.cache_dir / (hashlib.sha256(self.display.encode()).hexdigest()[:16] + ".history.git")
-        repo.parent.mkdir(parents=True, exist_ok=True)
-        with open(repo.parent / f"{repo.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (repo / "HEAD").is_file():
-                self._git(["init", "-q", "--bare", str(repo)], what="initialise the history cache for", local=True)
-                self._git(["-C", str(repo), "config", "gc.auto", "0"], what="configure the history cache of",
-                          local=True)
-            if not self._has_commit(repo, sha):
-                self._retrying(self._fetch_history, repo, sha)
-            if not self._has_commit(repo, ancestor):
-                return False
-            return self.runner.answers_yes(["-C", str(repo), "merge-base", "--is-ancestor", ancestor, sha],
-                                           what="compare the history of")
-
-    def _fetch_history(self, repo: Path, sha: str) -> None:
+    def _fetch(self, kind: CacheKind, repo: Path, sha: str) -> None:
         try:
-            self._git(["-C", str(repo), "fetch", "-q", "--no-tags", self.url, sha],
-                      what=f"fetch the history of revision {sha} from")
+            self._git(["-C", str(repo), "fetch", "-q", *kind.fetch_args, "--no-tags", self.url, sha],
+                      what=f"fetch revision {sha} from")
         except RefNotFound:
             raise RefNotFound(f"revision {sha} does not exist in {self.display}") from None
 
     def _has_commit(self, repo: Path, sha: str) -> bool:
         return self.runner.succeeds(["-C", str(repo), "cat-file", "-e", f"{sha}^{{commit}}"],
                                     what="look in the cache of", env=self._cache_only())
-
-    def _fetch(self, repo: Path, sha: str) -> None:
-        try:
-            self._git(["-C", str(repo), "fetch", "-q", "--depth", "1", "--no-tags", self.url, sha],
-                      what=f"fetch revision {sha} from")
-        except RefNotFound:
-            raise RefNotFound(f"revision {sha} does not exist in {self.display}") from None
 
     def _git(self, args: list[str], *, what: str, local: bool = False) -> str:
         if not local:
