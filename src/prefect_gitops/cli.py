@@ -30,6 +30,24 @@ if TYPE_CHECKING:  # for annotations only: the commands import Prefect and the f
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        import importlib.metadata
+        import platform
+
+        from prefect_gitops import __version__
+
+        prefect = importlib.metadata.version("prefect")  # the installed one, without importing it (3 s)
+        typer.echo(f"prefect-gitops {__version__} (Prefect {prefect}, Python {platform.python_version()})")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                          help="Print the versions of prefect-gitops, Prefect and Python.")) -> None:
+    """A GitOps control plane for Prefect: plan, apply, status, rollback, promote."""
+
+
 class Output(str, Enum):
     text = "text"
     json = "json"

@@ -60,11 +60,33 @@ def wait_healthy(api_url: str, proc: subprocess.Popen[Any] | None = None, timeou
         time.sleep(0.5)
 
 
+def server_pair_problem(prefect: str, sqlalchemy: str) -> str | None:
+    """Why this Prefect cannot run a server with this SQLAlchemy, or None. Prefect 3.8's scheduler
+    fails on SQLAlchemy 2.1 ("Can't evaluate bulk DML statement") and no schedule ever fires; 3.9
+    works with 2.0 and 2.1. pyproject's ranges cannot say so (a range cannot depend on another
+    package's version), so the servers prefect-gitops starts refuse the pair instead."""
+    from packaging.version import Version
+
+    if Version(prefect) < Version("3.9") and Version(sqlalchemy) >= Version("2.1"):
+        return (f"Prefect {prefect}'s scheduler does not work with SQLAlchemy {sqlalchemy} (no scheduled run "
+                f"would ever be created): install 'SQLAlchemy<2.1' (constraints.txt pins it) or Prefect 3.9")
+    return None
+
+
+def check_server_pair() -> None:
+    import importlib.metadata
+
+    problem = server_pair_problem(importlib.metadata.version("prefect"), importlib.metadata.version("sqlalchemy"))
+    if problem:
+        raise RuntimeError(problem)
+
+
 @contextlib.contextmanager
 def running_server(home: Path, port: int, env: dict[str, str] | None = None,
                    log: IO[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """`prefect server start` on 127.0.0.1:`port` with its data in `home`; yields once it is healthy,
     stops it on exit. `env` is the whole environment of the server process (default: os.environ)."""
+    check_server_pair()
     env = dict(os.environ if env is None else env)
     log_path = home / "server.log"
     out = log or open(log_path, "w")
