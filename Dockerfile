@@ -3,7 +3,7 @@
 #   docker build -t prefect-gitops:dev .
 #   docker run --rm prefect-gitops:dev                       # prefect-gitops --help
 #
-# Two stages: the builder installs the package with the exact pins of constraints.txt into
+# Two stages: the builder builds the wheel and installs it with the exact pins of constraints.txt into
 # /opt/venv; the final image gets only that venv, git (the flows fetch the GitOps repo with it)
 # and the flow entrypoints, and runs as an unprivileged user. No secrets are baked in:
 # PREFECT_API_URL / PREFECT_API_KEY come from the worker or the CI job at run time.
@@ -19,10 +19,15 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# constraints.txt pins every dependency; README.md is the package's readme (pyproject.toml).
-COPY pyproject.toml constraints.txt README.md ./
+# constraints.txt pins every dependency (and `build`); README.md, LICENSE and CHANGELOG.md go into the
+# package. The image gets the wheel users get (python -m build: sdist, then the wheel from it), installed
+# with the same pins, not the source tree.
+COPY pyproject.toml constraints.txt constraints-latest.txt MANIFEST.in README.md LICENSE CHANGELOG.md ./
 COPY src/ ./src/
-RUN pip install --no-cache-dir -c constraints.txt .
+RUN pip install --no-cache-dir -c constraints.txt build \
+    && python -m build --outdir /dist . \
+    && pip install --no-cache-dir -c constraints.txt /dist/prefect_gitops-*.whl \
+    && pip uninstall --yes build pyproject_hooks
 
 # ---------------------------------------------------------------------------------------------
 # same base as the builder: the venv's interpreter symlinks point at its /usr/local/bin/python3.11

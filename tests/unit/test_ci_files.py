@@ -190,8 +190,11 @@ def test_final_stage_has_no_build_tools(dockerfile_stages: list[dict]) -> None:
 
 def test_builder_installs_the_package_with_the_constraints(dockerfile_stages: list[dict]) -> None:
     runs = [rest for stage in dockerfile_stages[:-1] for keyword, rest in stage["instructions"] if keyword == "RUN"]
+    # the wheel users get (built from the sdist by python -m build), installed with the pins; not the tree
+    assert any("python -m build" in run for run in runs), runs
     assert any(
-        re.search(r"\bpip install --no-cache-dir -c constraints\.txt \.(\s|$)", run) for run in runs
+        re.search(r"\bpip install --no-cache-dir -c constraints\.txt /dist/prefect_gitops-\*\.whl(\s|$)", run)
+        for run in runs
     ), runs
     assert any("venv /opt/venv" in run for run in runs), "the builder creates the venv at /opt/venv"
 
@@ -254,7 +257,8 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
     for required in (".venv", ".git", "tests", "bench"):
         assert required in patterns, f".dockerignore does not exclude {required}"
     assert any("__pycache__" in p for p in patterns)
-    for needed in ("pyproject.toml", "constraints.txt", "README.md", "src", "flows", "blocks"):
+    for needed in ("pyproject.toml", "constraints.txt", "constraints-latest.txt", "MANIFEST.in", "README.md",
+                   "LICENSE", "CHANGELOG.md", "src", "flows", "blocks"):
         assert needed not in patterns, f".dockerignore excludes {needed}, which the Dockerfile copies"
 
 
@@ -271,14 +275,13 @@ def ci() -> dict:
     return yaml.safe_load(GITLAB_CI.read_text())
 
 
-def _job(ci: dict, stage: str) -> dict:
-    jobs = [
-        job
-        for name, job in ci.items()
-        if isinstance(job, dict) and not name.startswith(".") and job.get("stage") == stage
-    ]
-    assert len(jobs) == 1, f"expected one job in stage {stage!r}, found {len(jobs)}"
-    return jobs[0]
+def _job(ci: dict, stage: str, name: str | None = None) -> dict:
+    """The one job of `stage`; where a stage has several (test and compat), the one called `name` or `stage`."""
+    jobs = {n: j for n, j in ci.items() if isinstance(j, dict) and not n.startswith(".") and j.get("stage") == stage}
+    if len(jobs) > 1:
+        jobs = {n: j for n, j in jobs.items() if n == (name or stage)}
+    assert len(jobs) == 1, f"expected one job {name or stage!r} in stage {stage!r}, found {len(jobs)}"
+    return next(iter(jobs.values()))
 
 
 def _script(job: dict) -> list[str]:
@@ -335,6 +338,15 @@ def test_stages_in_order(ci: dict) -> None:
 def test_test_job_runs_the_readme_test_command(ci: dict) -> None:
     job = _job(ci, "test")
     assert _script(job) == [_readme_test_command()]
+
+
+def test_compat_job_runs_the_compat_script_on_python_313(ci: dict) -> None:
+    job = _job(ci, "test", "compat")
+    assert re.fullmatch(r"python:3\.13\.\d+-bookworm", job["image"]), job["image"]
+    assert _script(job)[-1] == "PREFECT_GITOPS_COMPAT_PYTHON=python3 .ci/compat"
+    assert "compat" in _job(ci, "build")["needs"], "no image is built from a commit whose package fails"
+    run = (ROOT / ".ci" / "run").read_text()
+    assert ".ci/compat" in run.split(_readme_test_command(), 1)[1], ".ci/run runs the compat job after the tests"
 
 
 def test_build_job_pushes_the_commit_image(ci: dict) -> None:
