@@ -1,9 +1,9 @@
 """A fault-injecting reverse proxy (HTTP and websockets) between a reconcile and a Prefect server.
 
 It forwards everything, and injects faults into the requests a reconcile makes of its own (reads of
-flows, deployments, work pools; writes of them; the state blocks): never into Prefect's orchestration
-of the flow run itself (flow and task runs, logs, events, concurrency leases), which is Prefect's
-business, not the reconcile's. Faults, by kind:
+flows, deployments, work pools; writes of them; the state blocks; the environment lock's limit): never
+into Prefect's orchestration of the flow run itself (flow and task runs, logs, events, taking a
+concurrency slot), which is Prefect's business, not the reconcile's. Faults, by kind:
 
 * "500", "503": that status, the server not asked;
 * "429", "503-retry-after": that status with `Retry-After: 1`, the server not asked;
@@ -34,8 +34,10 @@ from write_recorder import relay_websocket
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade",
               "proxy-connection", "te", "trailer"}
-# the reconcile's own requests; orchestration (flow_runs, task_runs, logs, events, leases) is not faulted
-FAULTABLE = re.compile(r"^/api/(flows/filter|deployments/|work_pools/|block_documents|block_types/|block_schemas/)")
+# the reconcile's own requests, the environment lock's limit included; orchestration (flow_runs,
+# task_runs, logs, events, taking and renewing a concurrency slot) is not faulted
+FAULTABLE = re.compile(r"^/api/(flows/filter|deployments/|work_pools/|block_documents|block_types/|block_schemas/"
+                       r"|v2/concurrency_limits/(?!increment|decrement|leases))")
 LATENCY_SECONDS = 5.0
 Rule = tuple[Callable[[str, str], bool], str]
 

@@ -92,6 +92,29 @@ def test_transient_faults_are_retried_and_the_run_converges(tmp_path):
         assert set(setup.recorded().values()) == {(image, True)}, why
 
 
+def test_a_500_on_the_environment_locks_limit_is_retried(tmp_path):
+    # the lock's limit is read (and created when missing) before anything is written: a 500 there
+    # (a server restarting its database connection) must not fail the run
+    setup = Environment(tmp_path)
+    limit_path = f"/api/v2/concurrency_limits/prefect-gitops-env-{setup.env}"
+    faulted: list[str] = []
+
+    def first_read_of_the_limit(method: str, path: str) -> bool:
+        hit = method == "GET" and path == limit_path and not faulted
+        if hit:
+            faulted.append(path)
+        return hit
+
+    setup.commit("flows:lock")
+    with FaultProxy(os.environ["PREFECT_API_URL"], rules=[(first_read_of_the_limit, "500")]) as proxy:
+        code, result = _apply(proxy, setup.repo, setup.env)
+    assert faulted == [limit_path], [(s.method, s.path) for s in proxy.seen]
+    assert (code, result["status"]) == (0, "applied"), result["message"]
+    assert proxy.retried() == 1 and len(proxy.requests("GET", limit_path)) >= 2
+    assert set(setup.server_images().values()) == {"flows:lock"}
+    record("api-fault", converged=True, faults=proxy.faults(), retried=proxy.retried())
+
+
 def test_faults_that_outlast_the_retries_or_are_4xx_fail_the_run_cleanly(tmp_path):
     setup = Environment(tmp_path)
     unavailable, refused = f"{setup.flow}/d1", f"{setup.flow}/d4"

@@ -16,6 +16,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalC
 from prefect.concurrency.asyncio import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from prefect_gitops.adapters.api_retry import retrying
 from prefect_gitops.adapters.prefect_api import api_errors
 from prefect_gitops.errors import RolloutBusy
 
@@ -32,19 +33,24 @@ def environment_limit(environment: str) -> str:
 
 
 async def ensure_limit(client: PrefectClient, name: str, limit: int, enforce: bool) -> None:
-    """Create the limit when missing; set its size when `enforce` (else users may resize it in the UI)."""
+    """Create the limit when missing; set its size when `enforce` (else users may resize it in the UI).
+    Safe to repeat as a whole, so a 500 or 504 anywhere in it repeats it (api_retry)."""
     async with api_errors(f"reading concurrency limit {name!r}"):
+        await retrying(lambda: _ensure_limit_once(client, name, limit, enforce))
+
+
+async def _ensure_limit_once(client: PrefectClient, name: str, limit: int, enforce: bool) -> None:
+    try:
+        existing = await client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
         try:
+            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+            return
+        except ObjectAlreadyExists:  # another reconcile created it just now (or our lost create did)
             existing = await client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-                return
-            except ObjectAlreadyExists:  # another reconcile created it just now: check it like an old one
-                existing = await client.read_global_concurrency_limit_by_name(name)
-        if (enforce and existing.limit != limit) or not existing.active:
-            await client.update_global_concurrency_limit(
-                name, GlobalConcurrencyLimitUpdate(limit=limit if enforce else existing.limit, active=True))
+    if (enforce and existing.limit != limit) or not existing.active:
+        await client.update_global_concurrency_limit(
+            name, GlobalConcurrencyLimitUpdate(limit=limit if enforce else existing.limit, active=True))
 
 
 @contextlib.asynccontextmanager
