@@ -157,7 +157,7 @@ def _storm(plane: ControlPlane, tmp_path: Path, rng: random.Random, runs: int, r
     while (state := read_state(plane.env)[0]).last_applied_revision != last:
         assert time.monotonic() < deadline, f"seed {SEED}: {last[:12]} never applied\n{plane.worker_log()}"
         time.sleep(0.5)
-    assert deployment_job_variables(plane.workload)["image"] == images[-1], f"seed {SEED}"
+    assert deployment_job_variables(plane.workload)["image"] == images[len(shas) - 1], f"seed {SEED}"  # the last committed
     assert not state.has_unfinished_writes(), f"seed {SEED}"
 
     # nothing doubled: each revision at most once in the history as applied (this storm's entries)
