@@ -6,10 +6,11 @@ import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
-from prefect_gitops.blocks import GitOpsPolicy, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
+from prefect_gitops.blocks import GitOpsPolicy, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource, GitOpsTarget
 
 
-@pytest.mark.parametrize("block", [GitOpsSource, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsPolicy])
+@pytest.mark.parametrize("block", [GitOpsSource, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsPolicy,
+                                   GitOpsTarget])
 class TestBlockStandards(BlockStandardTestSuite):
     @pytest.fixture
     def block(self, block):
