@@ -238,3 +238,43 @@ def test_an_unreachable_target_fails_as_transient_naming_it(tmp_path):
     assert f"reading the recorded state of '{env}': cannot reach the Prefect server at http://127.0.0.1:{port}" \
         in report["message"], report["message"]
     assert read_state(env)[1] is None
+
+
+def test_the_lock_is_taken_on_the_environments_server(applied_prod, prod_server):
+    """A slot of p<u>'s lock held on the prod server (as another rollout would hold it) makes the
+    reconcile wait there and end Busy; the control server has no such limit to wait on."""
+    e = applied_prod
+    auth = tuple(prod_server["auth"].split(":", 1))
+    e["repo"].commit_env(e["env"], {"rollout": {"lock_timeout_seconds": 1},
+                                    "deployments": {e["daily"]: {"job_variables": {"image": "flows:4.0.0"}}}})
+    held = httpx.post(f"{prod_server['url']}/v2/concurrency_limits/increment-with-lease", auth=auth, timeout=30,
+                      json={"names": [f"prefect-gitops-env-{e['env']}"], "slots": 1, "mode": "concurrency",
+                            "lease_duration": 60})
+    assert held.status_code == 200 and held.json()["limits"], held.text
+    try:
+        state, report = run_reconcile_flow(environment=e["env"], source_url=e["repo"].url)
+    finally:
+        httpx.post(f"{prod_server['url']}/v2/concurrency_limits/decrement-with-lease", auth=auth, timeout=30,
+                   json={"lease_id": held.json()["lease_id"]}).raise_for_status()
+    assert report["status"] == "busy" and state.name == "Busy", report
+    with on(prod_server):
+        assert deployment_job_variables(e["daily"])["image"] == "flows:3.0.0"  # nothing written
+
+
+def test_policy_is_read_from_the_control_server(prod_server, tmp_path):
+    """The GitOps Policy block named by the run is the control server's, for an environment elsewhere."""
+    from prefect_gitops.blocks import GitOpsPolicy
+
+    u = uid()
+    env = f"y{u}"
+    with on(prod_server):
+        names = estate_on_both(u)
+    save_target(env, prod_server["url"], prod_server["auth"])
+    GitOpsPolicy(all_targets={"denied_keys": ["namespace"]}).save(f"policy-{u}")
+    repo = GitRepo(tmp_path / "gitops")
+    repo.commit_env(env, {"deployments": {names["daily"]: {"job_variables": {"namespace": "other"}}}})
+
+    state, report = run_reconcile_flow(environment=env, source_url=repo.url, policy_block=f"policy-{u}")
+    assert state.is_failed() and "namespace" in report["message"] and "policy" in report["message"], report
+    with on(prod_server):
+        assert deployment_job_variables(names["daily"]) == {"namespace": "jobs"}
