@@ -206,4 +206,6 @@ print(target.api_url)
             raise ValueError("give api_key (Prefect Cloud) or auth_string (a self-hosted server), not both")
         if not self.api_url.startswith(("https://", "http://")):
             raise ValueError("api_url must be an http(s) URL of a Prefect API")
+        if "@" in self.api_url.split("/")[2]:  # it would be stored and shown as typed
+            raise ValueError("put the credentials in api_key or auth_string, not in api_url")
         return self

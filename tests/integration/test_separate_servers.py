@@ -8,7 +8,8 @@ on the environment's server; the flow run, its artifact and its events on the co
 promotion gate and `promote` read the source environment's record from the source's server; the
 target's auth string (a canary) appears nowhere on the control server nor in the record; a wrong one
 fails the run with a typed error and writes nothing, an unreachable server fails it as transient.
-Wall time: ~60 s on a loaded 2-core machine (the second server's start is ~12 s of it).
+Wall time: 55-110 s alone on a loaded 2-core machine, the session server and the second server's start (each
+10-25 s) included; the tests themselves ~35 s.
 """
 
 from __future__ import annotations
@@ -259,6 +260,26 @@ def test_the_lock_is_taken_on_the_environments_server(applied_prod, prod_server)
     assert report["status"] == "busy" and state.name == "Busy", report
     with on(prod_server):
         assert deployment_job_variables(e["daily"])["image"] == "flows:3.0.0"  # nothing written
+
+
+def test_rollback_restores_the_environment_on_its_server(applied_prod, prod_server):
+    """p<u> applied 2.0.0 then 3.0.0 on the prod server: one step back is 2.0.0 there, from p<u>'s
+    history there; control's same-named deployment (qa<u>'s, at 3.0.0) is not touched."""
+    from prefect_gitops.flows import rollback
+
+    e = applied_prod
+
+    async def rollback_in_process():
+        state = await rollback(environment=e["env"], steps=1, return_state=True)
+        return state, await state.result(raise_on_failure=False)
+
+    state, report = run(rollback_in_process())
+    assert state.is_completed() and report["status"] == "rolled-back" and report["revision"] == e["sha"], report
+    with on(prod_server):
+        assert deployment_job_variables(e["daily"])["image"] == "flows:2.0.0"
+        recorded, _ = read_state(e["env"])
+    assert recorded.rolled_back is not None and recorded.rolled_back.to_revision == e["sha"]
+    assert deployment_job_variables(e["daily"])["image"] == "flows:3.0.0"
 
 
 def test_policy_is_read_from_the_control_server(prod_server, tmp_path):

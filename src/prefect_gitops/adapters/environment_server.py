@@ -18,7 +18,7 @@ goes nowhere else: the client sends it as a header; errors name the URL without 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncContextManager, AsyncIterator, Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
 
@@ -59,7 +59,7 @@ class Target:
     """Where an environment lives when not on the control server; the credentials stay SecretStr."""
 
     environment: str
-    api_url: str
+    api_url: str = field(repr=False)  # shown as `display`: a URL may carry userinfo
     api_key: SecretStr | None = None
     auth_string: SecretStr | None = None
 
