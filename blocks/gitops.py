@@ -1,5 +1,5 @@
 """prefect-gitops block types, for `prefect block register --file blocks/gitops.py`."""
 
-from prefect_gitops.blocks import GitOpsPolicy, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
+from prefect_gitops.blocks import GitOpsPolicy, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource, GitOpsTarget
 
-__all__ = ["GitOpsSource", "GitOpsRolloutDefaults", "GitOpsSmokeTestDefaults", "GitOpsPolicy"]
+__all__ = ["GitOpsSource", "GitOpsRolloutDefaults", "GitOpsSmokeTestDefaults", "GitOpsPolicy", "GitOpsTarget"]

@@ -1,4 +1,5 @@
-"""Block types users configure in the Prefect UI: where the GitOps repo is, and policy defaults.
+"""Block types users configure in the Prefect UI: where the GitOps repo is, policy defaults, and which
+Prefect server an environment lives on.
 
 Register them with `prefect block register -m prefect_gitops.blocks` (or `--file blocks/gitops.py`).
 Secrets are SecretStr: the UI masks them and they never reach logs, artifacts or events.
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from prefect.blocks.core import Block
+from prefect.blocks.system import Secret
 from prefect_gitlab import GitLabCredentials
 from pydantic import Field, HttpUrl, SecretStr, model_validator
 
@@ -162,3 +164,48 @@ print(policy.all_targets.denied_keys)
 
     def to_policy(self, name: str) -> Policy:
         return Policy(name=name, all_targets=self.all_targets, work_pools=self.work_pools)
+
+
+class GitOpsTarget(Block):
+    """The Prefect server (or Cloud workspace) an environment lives on, when it is not the control server.
+
+    Found by name, never from Git: environment E is on the server of the block `gitops-target-E` on the
+    control server (adapters/environment_server.py), so a repository writer cannot send the control
+    plane's writes, or this block's key, to a server of their choosing.
+    """
+
+    _block_type_name = "GitOps Target"
+    _block_type_slug = "gitops-target"
+    _documentation_url = HttpUrl(DOCS)
+    _description = ("The Prefect API an environment's work pools, deployments and record live on; save it as "
+                    "gitops-target-<environment> on the control server.")
+    _code_example = '''```python
+from prefect.blocks.system import Secret
+from prefect_gitops.blocks import GitOpsTarget
+
+Secret(value="pnu_...").save("prefect-prod-key")
+GitOpsTarget(api_url="https://api.prefect.cloud/api/accounts/.../workspaces/...",
+             api_key=Secret.load("prefect-prod-key")).save("gitops-target-prod")
+target = GitOpsTarget.load("BLOCK_NAME")
+print(target.api_url)
+```'''
+
+    api_url: str = Field(description="The environment's Prefect API, e.g. https://prefect-prod.example.com/api "
+                                     "or a Prefect Cloud workspace URL.")
+    # nested Secret blocks: the UI and the API show them masked, and one key can serve several targets
+    api_key: Optional[Secret[str]] = Field(
+        default=None, description="Prefect Cloud: an API key (sent as a bearer token). Empty for a server "
+                                  "without authentication.")
+    auth_string: Optional[Secret[str]] = Field(
+        default=None, description="Self-hosted Prefect server with PREFECT_SERVER_API_AUTH_STRING: the same "
+                                  "'user:password' string (sent as basic auth).")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> GitOpsTarget:
+        if self.api_key is not None and self.auth_string is not None:
+            raise ValueError("give api_key (Prefect Cloud) or auth_string (a self-hosted server), not both")
+        if not self.api_url.startswith(("https://", "http://")):
+            raise ValueError("api_url must be an http(s) URL of a Prefect API")
+        if "@" in self.api_url.split("/")[2]:  # it would be stored and shown as typed
+            raise ValueError("put the credentials in api_key or auth_string, not in api_url")
+        return self

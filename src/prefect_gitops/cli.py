@@ -90,9 +90,10 @@ def plan(source: Optional[str] = SOURCE, source_block: Optional[str] = SOURCE_BL
     """Show what apply would change. Exit 0: nothing; 2: changes pending; 1: error."""
     from prefect import get_client
 
-    from prefect_gitops.adapters.prefect_api import PrefectAPI
+    from prefect_gitops.adapters.environment_server import environment_api
+    from prefect_gitops.errors import GitOpsError
     from prefect_gitops.flows import git_source, load_block
-    from prefect_gitops.reconcile import ReconcileRequest, reconcile
+    from prefect_gitops.reconcile import ReconcileRequest, ReconcileResult, reconcile
     from prefect_gitops.report import text
 
     if not (source or source_block):
@@ -113,8 +114,13 @@ def plan(source: Optional[str] = SOURCE, source_block: Optional[str] = SOURCE_BL
                                    drift_mode=None if drift_mode == DriftOption.from_file else drift_mode.value,
                                    signatures=block.signature_policy() if block else None,
                                    policy_block=policy_block)
-        async with get_client() as client:
-            return await reconcile(request, PrefectAPI(client))
+        try:
+            async with get_client() as client, environment_api(client, env) as api:  # on ENV's own server
+                return await reconcile(request, api)
+        except GitOpsError as exc:  # ENV's GitOps Target block could not be read
+            failed = ReconcileResult(environment=env)
+            failed.fail(exc)
+            return failed
 
     result = asyncio.run(run())
     payload = result.to_json()
@@ -234,16 +240,21 @@ def status(env: str = ENV, output: Output = OUTPUT) -> None:
     """What was last attempted and applied, the inventory size and the history."""
     from prefect import get_client
 
-    from prefect_gitops.adapters.prefect_api import PrefectAPI
+    from prefect_gitops.adapters.environment_server import environment_api
+    from prefect_gitops.errors import GitOpsError
     from prefect_gitops.report import status_text
 
     async def run() -> tuple[EnvironmentState, Any]:
-        async with get_client() as client:
-            return await PrefectAPI(client).read_state(env)
+        async with get_client() as client, environment_api(client, env) as api:  # on ENV's own server
+            return await api.read_state(env)
 
-    state, handle = asyncio.run(run())
+    try:
+        state, handle = asyncio.run(run())
+    except GitOpsError as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise typer.Exit(EXIT_FAILED)
     if handle is None:
-        sys.stderr.write(f"environment {env!r} has never been reconciled on this Prefect server\n")
+        sys.stderr.write(f"environment {env!r} has never been reconciled on its Prefect server\n")
         raise typer.Exit(1)
     _emit(state.model_dump(mode="json"), output, status_text(state))
 
@@ -263,15 +274,13 @@ def resume(env: str = ENV) -> None:
 def _set_suspended(env: str, suspend_: bool, reason: str) -> None:
     from prefect import get_client
 
-    from prefect_gitops.adapters.locks import environment_lock
-    from prefect_gitops.adapters.prefect_api import PrefectAPI
+    from prefect_gitops.adapters.environment_server import environment_api, environment_lock_on
     from prefect_gitops.errors import GitOpsError, RolloutBusy
     from prefect_gitops.suspend import set_suspended
 
     async def run() -> EnvironmentState:
-        async with get_client() as client:
-            lock = lambda e, t: environment_lock(client, e, t)  # noqa: E731
-            return await set_suspended(PrefectAPI(client), env, suspend_, reason, lock=lock)
+        async with get_client() as client, environment_api(client, env) as api:  # on ENV's own server
+            return await set_suspended(api, env, suspend_, reason, lock=environment_lock_on(api))
 
     try:
         asyncio.run(run())

@@ -23,6 +23,11 @@ class PermanentError(GitOpsError):
     """Retrying will not help until the input changes."""
 
 
+class TargetRejected(PermanentError):
+    """An environment's Prefect server (its GitOps Target block) refused the block's credentials (401/403):
+    retrying will not help until someone fixes the key; nothing was written there."""
+
+
 class RolloutBusy(GitOpsError):
     """Another rollout of the environment holds its lock; nothing was written."""
 

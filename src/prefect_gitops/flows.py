@@ -10,9 +10,8 @@ from prefect.states import Cancelled, Failed
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from prefect_gitops.adapters.environment_server import environment_api, environment_lock_on
 from prefect_gitops.adapters.git import GitSource
-from prefect_gitops.adapters.locks import environment_lock
-from prefect_gitops.adapters.prefect_api import PrefectAPI
 from prefect_gitops.adapters.process import RunLogger
 from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN, deep_merge
 from prefect_gitops.adapters.smoke_runner import SmokeRunner
@@ -82,13 +81,17 @@ async def reconcile(
         policy_block=policy_block,
         allow_mass_release=allow_mass_release, allow_history_rewrite=allow_history_rewrite,
     )
-    async with get_client() as client:
-        from prefect_gitops.adapters.task_runs import TaskRunSteps
+    try:
+        async with get_client() as client, environment_api(client, environment) as api:
+            from prefect_gitops.adapters.task_runs import TaskRunSteps
 
-        steps = TaskRunSteps()  # smoke tests, waves' writes, the post-apply check, the record: task runs
-        runner = SmokeRunner(client, environment, logger, concurrency=SMOKE_CONCURRENCY, steps=steps)
-        lock = lambda env, timeout: environment_lock(client, env, timeout)  # noqa: E731
-        result = await run_reconcile(request, PrefectAPI(client), runner, lock=lock, steps=steps)
+            steps = TaskRunSteps()  # smoke tests, waves' writes, the post-apply check, the record: task runs
+            runner = SmokeRunner(client, environment, logger, concurrency=SMOKE_CONCURRENCY, steps=steps,
+                                 deployments=api.client)
+            result = await run_reconcile(request, api, runner, lock=environment_lock_on(api), steps=steps)
+    except GitOpsError as exc:  # the environment's GitOps Target block could not be read
+        result = ReconcileResult(environment=environment, flow_run_id=request.flow_run_id)
+        result.fail(exc)
     if block is not None and not dry_run:
         await _report_commit_status(block, result, logger)
     return await _finish(result, "reconcile")
@@ -139,9 +142,12 @@ async def rollback(
 ) -> dict[str, Any] | State[Any]:
     request = RollbackRequest(environment=environment, to_revision=to_revision, steps=steps,
                               concurrency=concurrency, flow_run_id=_flow_run_id())
-    async with get_client() as client:
-        lock = lambda env, timeout: environment_lock(client, env, timeout)  # noqa: E731
-        result = await run_rollback(request, PrefectAPI(client), lock=lock)
+    try:
+        async with get_client() as client, environment_api(client, environment) as api:
+            result = await run_rollback(request, api, lock=environment_lock_on(api))
+    except GitOpsError as exc:  # the environment's GitOps Target block could not be read
+        result = ReconcileResult(environment=environment, flow_run_id=request.flow_run_id)
+        result.fail(exc)
     return await _finish(result, "rollback")
 
 
@@ -165,8 +171,12 @@ async def promote(
         message = "give source_url or source_block: which GitOps repo should the promotion commit to?"
         return Failed(message=message, data={"status": "failed", "message": message, "environment": to_environment,
                                              "errors": [{"message": message}], "changes": [], "applied": 0})
-    async with get_client() as client:
-        state, handle = await PrefectAPI(client).read_state(from_environment, history=False)
+    try:  # the record of from_environment, on the server it lives on
+        async with get_client() as client, environment_api(client, from_environment) as api:
+            state, handle = await api.read_state(from_environment, history=False)
+    except GitOpsError as exc:
+        return Failed(message=str(exc), data={"status": "failed", "message": str(exc), "environment": to_environment,
+                                              "errors": [{"message": str(exc)}], "changes": [], "applied": 0})
     if handle is None:
         message = f"environment {from_environment!r} has never been reconciled: nothing to promote"
         return Failed(message=message, data={"status": "failed", "message": message, "environment": to_environment,

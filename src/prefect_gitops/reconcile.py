@@ -14,6 +14,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from prefect_gitops.adapters.environment_server import environment_api
 from prefect_gitops.adapters.git import Source, default_cache_dir
 from prefect_gitops.adapters.policy_store import read_policy
 from prefect_gitops.adapters.prefect_api import PrefectAPI, read_together
@@ -254,7 +255,7 @@ class Reconciler:
                                        self.request.drift_mode or spec.drift.mode)
         remember_targets(result, self.actual)
         problems = self.plan.problems or policy_problems(spec, self.actual)
-        policy = await read_policy(self.api.client, self.request.policy_block)
+        policy = await read_policy(self.api.control, self.request.policy_block)  # a platform block: control server
         problems = [*problems, *check_policy(policy, self.request.environment, spec, self.actual)]
         if problems:
             result.problems = [self.loaded.problem(p.path, p.message) for p in problems]
@@ -292,7 +293,9 @@ class Reconciler:
                                   "(run with the window override to apply anyway)")
         promotion = spec.rollout.promotion
         if promotion is not None and to_apply:
-            previous, handle = await self.api.read_state(promotion.from_, history=False)
+            # the source environment's record, on the server that environment lives on
+            async with environment_api(self.api.control, promotion.from_) as source_api:
+                previous, handle = await source_api.read_state(promotion.from_, history=False)
             refused = unsoaked_images(to_apply, promotion, previous if handle is not None else None, self.now)
             if refused:
                 raise RolloutHeld(Status.WAITING, Reason.PROMOTION_PENDING, "promotion gate: " + "; ".join(

@@ -1,5 +1,6 @@
 """A dry run writes nothing (CLI and flow parameter), and a reconcile with Git unchanged and no drift
-check due stops after one `git ls-remote` and one read of the recorded state: real server, real Git;
+check due stops after one `git ls-remote`, one read of the recorded state and one of the environment's
+GitOps Target block (where it lives): real server, real Git;
 the requests are counted by the benchmark's counting proxy in front of the server and the git
 invocations by the benchmark's git wrapper."""
 
@@ -139,6 +140,10 @@ def test_git_unchanged_and_no_drift_check_due_costs_one_ls_remote_and_one_read(e
     state_reads = [k for k in requests if "gitops-environment-" in k]
     assert state_reads == [f"GET /api/block_types/slug/gitops-environment-state/block_documents/name/gitops-{e['env']}"], requests
     assert requests[state_reads[0]] == 1, requests
+    # where the environment lives: one read of its GitOps Target block (none here: the control server)
+    target_reads = [k for k in requests if "gitops-target" in k]
+    assert target_reads == [f"GET /api/block_types/slug/gitops-target/block_documents/name/gitops-target-{e['env']}"], requests
+    assert requests[target_reads[0]] == 1, requests
     assert [k for k in requests if any(r in k for r in TARGET_READS)] == [], requests
     assert [k for k in requests if "concurrency_limits" in k or k.startswith(("PATCH /api/block_documents", "PUT /api/block_documents"))] == [], requests
     state, _ = read_state(e["env"])

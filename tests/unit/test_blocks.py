@@ -6,10 +6,11 @@ import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
-from prefect_gitops.blocks import GitOpsPolicy, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
+from prefect_gitops.blocks import GitOpsPolicy, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource, GitOpsTarget
 
 
-@pytest.mark.parametrize("block", [GitOpsSource, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsPolicy])
+@pytest.mark.parametrize("block", [GitOpsSource, GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsPolicy,
+                                   GitOpsTarget])
 class TestBlockStandards(BlockStandardTestSuite):
     @pytest.fixture
     def block(self, block):
@@ -44,3 +45,20 @@ def test_policy_block_holds_exactly_the_policy():
     policy = Policy.model_validate({**stored, "name": "p"})
     assert policy == block.to_policy("p")
     assert policy.work_pools["k8s-*"].allowed_images == ["harbor.corp/team/"]
+
+
+def test_target_block_takes_one_credential_and_errors_name_its_url_without_userinfo():
+    from prefect.blocks.system import Secret
+
+    from prefect_gitops.adapters.environment_server import Target
+
+    with pytest.raises(ValueError, match="not both"):
+        GitOpsTarget(api_url="https://prefect.example.com/api", api_key=Secret(value="k"), auth_string=Secret(value="a:b"))
+    with pytest.raises(ValueError, match="http"):
+        GitOpsTarget(api_url="ftp://prefect.example.com/api")
+    with pytest.raises(ValueError, match="not in api_url"):
+        GitOpsTarget(api_url="https://admin:pw@prefect.example.com/api")
+    target = Target("prod", "https://user:pw-canary@prefect.example.com:8443/api?token=q-canary",
+                    auth_string=SecretStr("admin:s3cret-canary"))
+    text = f"{target.describe()} {target!r}"
+    assert "prefect.example.com:8443/api" in text and "canary" not in text

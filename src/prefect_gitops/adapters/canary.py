@@ -20,14 +20,15 @@ CANARY_TAGS = ["prefect-gitops", "prefect-gitops-canary"]
 
 
 async def run_canary(client: PrefectClient, test_id: str, deployment: str, parameters: dict[str, Any], timeout: int,
-                     environment: str, image: str | None, logger: RunLogger, purpose: str = "canary") -> SmokeResult:
+                     environment: str, image: str | None, logger: RunLogger, purpose: str = "canary",
+                     as_subflow: bool = True) -> SmokeResult:
     """Run `deployment` once (with image override when given) and wait for a final state."""
     job_variables = {"image": image} if image else None
     tags = [*CANARY_TAGS, f"prefect-gitops-env:{environment}", f"prefect-gitops-{purpose}"]
     try:
         flow_run = await arun_deployment(
             name=deployment, client=client, parameters=parameters, timeout=timeout, poll_interval=1,
-            tags=tags, job_variables=job_variables, as_subflow=True,
+            tags=tags, job_variables=job_variables, as_subflow=as_subflow,
             flow_run_name=f"{purpose}-{environment}-{deployment.split('/')[-1]}")
     except Exception as exc:
         return SmokeResult(test_id, False, "error", f"cannot start a run of {deployment}: {exc}")

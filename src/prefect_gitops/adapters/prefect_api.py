@@ -62,7 +62,17 @@ async def api_errors(what: str) -> AsyncIterator[None]:
             raise TransientError(f"{what}: the Prefect server answered {code}: {detail}") from exc
         raise PermanentError(f"{what}: the Prefect server answered {code}: {detail}") from exc
     except (httpx.TransportError, OSError) as exc:
-        raise TransientError(f"{what}: cannot reach the Prefect server ({type(exc).__name__}: {exc})") from exc
+        raise TransientError(f"{what}: cannot reach the Prefect server{_at(exc)} ({type(exc).__name__}: {exc})") from exc
+
+
+def _at(exc: BaseException) -> str:
+    """ " at <host:port>" of the request that failed, when known (an environment may live on a server of
+    its own); never userinfo or a query."""
+    try:
+        url = exc.request.url  # type: ignore[attr-defined]  # httpx.RequestError; raises when unset
+    except (AttributeError, RuntimeError):
+        return ""
+    return f" at {url.scheme}://{url.host}{f':{url.port}' if url.port else ''}"
 
 
 async def _paged(read: Callable[[int], Awaitable[list[T]]]) -> list[T]:
@@ -77,8 +87,18 @@ async def _paged(read: Callable[[int], Awaitable[list[T]]]) -> list[T]:
 
 
 class PrefectAPI:
-    def __init__(self, client: PrefectClient):
+    """The API of the server an environment lives on (`client`); `control` is the server the control
+    flow runs on, where the platform's blocks are (the same client unless the environment has a GitOps
+    Target block: environment_server.py)."""
+
+    def __init__(self, client: PrefectClient, control: PrefectClient | None = None, server: str | None = None):
         self.client = client
+        self.control = control or client
+        self.server = server  # how errors and logs name the environment's server when it is not the control one
+
+    @property
+    def on_control(self) -> bool:
+        return self.client is self.control
 
     # -- reads --------------------------------------------------------------------------------
 

@@ -21,9 +21,21 @@ def _not_passed(result: SmokeResult) -> str | None:
 
 class SmokeRunner:
     def __init__(self, client: PrefectClient, environment: str, logger: RunLogger, concurrency: int = 4,
-                 steps: Steps | None = None):
+                 steps: Steps | None = None, deployments: PrefectClient | None = None):
+        """`client`: the control server (the shared smoke-test cap); `deployments`: the server the
+        environment's deployments are on, where canaries run (the same one unless it has a GitOps Target)."""
         self.client, self.environment, self.logger, self.concurrency = client, environment, logger, concurrency
+        self.deployments = deployments or client
         self.steps = steps or InlineSteps()
+
+    async def _canary(self, test_id: str, deployment: str, parameters: dict[str, Any], timeout: int,
+                      image: str | None, purpose: str = "canary") -> SmokeResult:
+        from prefect_gitops.adapters.canary import run_canary
+
+        # a canary on another server cannot be a subflow of this run: its parent task run would be
+        # created there, under a flow run that server does not have
+        return await run_canary(self.deployments, test_id, deployment, parameters, timeout, self.environment, image,
+                                self._logger(), purpose=purpose, as_subflow=self.deployments is self.client)
 
     def _logger(self) -> RunLogger:
         """The current task run's logger inside a step, so a test's lines show under its own task run."""
@@ -54,12 +66,9 @@ class SmokeRunner:
             from prefect_gitops.adapters.process import run_process_test
 
             return await run_process_test(test, logger)
-        from prefect_gitops.adapters.canary import run_canary
-
         canary = test.policy.canary
         assert test.deployment is not None  # set for every canary (resolve() refuses a pool canary without one)
-        return await run_canary(self.client, test.id, test.deployment, canary.parameters, test.policy.timeout_seconds,
-                                self.environment, test.image, logger)
+        return await self._canary(test.id, test.deployment, canary.parameters, test.policy.timeout_seconds, test.image)
 
     async def run_all(self, tests: list[SmokeTest]) -> dict[str, SmokeResult]:
         from prefect_gitops.adapters.locks import ensure_smoke_test_limit
@@ -77,15 +86,13 @@ class SmokeRunner:
 
     async def post_apply(self, deployments: list[str], parameters: dict[str, Any], timeout: int
                          ) -> dict[str, SmokeResult]:
-        from prefect_gitops.adapters.canary import run_canary
         from prefect_gitops.adapters.locks import ensure_smoke_test_limit, smoke_test_slot
 
         await ensure_smoke_test_limit(self.client)
 
         async def one(d: str) -> SmokeResult:
             async with smoke_test_slot():
-                return await run_canary(self.client, f"post-apply:{d}", d, parameters, timeout, self.environment,
-                                        None, self._logger(), purpose="post-apply")
+                return await self._canary(f"post-apply:{d}", d, parameters, timeout, None, purpose="post-apply")
 
         jobs: list[Callable[[], Awaitable[SmokeResult]]] = [functools.partial(one, d) for d in deployments]
         outcomes = await bounded_gather(self.concurrency, jobs)
