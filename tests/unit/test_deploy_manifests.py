@@ -210,6 +210,32 @@ def test_the_role_binding_and_the_control_flows_pods_refer_to_objects_of_the_bui
     find(objects, "ConfigMap", source["configMapRef"]["name"], _template_default("namespace"))
 
 
+def test_the_smoke_test_section_runs_its_jobs_where_the_manifests_allow(builds):
+    """deploy/smoke-test.yaml, as the loader reads it, gives Jobs the smoke gate may create (the Role's
+    namespace), run as an account of the build, that prod's quota admits and the API server accepts."""
+    from prefect_gitops.adapters.kubernetes import job_manifest
+    from prefect_gitops.loader import parse_environment
+    from prefect_gitops.smoke import ResolvedSmoke, SmokeTest
+
+    section = parse_environment((DEPLOY / "smoke-test.yaml").read_text(), "environments/prod.yaml", "prod").spec.smoke_test
+    policy = ResolvedSmoke.model_validate(section.model_dump(exclude_unset=True, exclude={"gate", "post_apply"}))
+    job = job_manifest(SmokeTest(kind="kubernetes", image="registry.example.com/flows:2.0.0", policy=policy), "prod")
+    objects = builds["overlays/prod"]
+    role = find(objects, "Role", "prefect-gitops-smoke-gate")
+    assert job["metadata"]["namespace"] == role["metadata"]["namespace"]
+    pod = job["spec"]["template"]["spec"]
+    runner = find(objects, "ServiceAccount", pod["serviceAccountName"], role["metadata"]["namespace"])
+    assert runner["automountServiceAccountToken"] is False  # the image under test gets no API token
+    assert pod["imagePullSecrets"] == runner["imagePullSecrets"]
+    quota = find(objects, "ResourceQuota", "prefect-gitops-smoke")["spec"]["hard"]
+    resources = pod["containers"][0]["resources"]
+    for key in (k for k in quota if k.startswith(("requests.", "limits."))):
+        kind, _, resource = key.partition(".")
+        assert resource in resources[kind], f"prod's quota refuses a smoke pod without {key}"
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(job, version, strict=True)
+
+
 # ---------------------------------------------------------------- the Role: exactly what the smoke gate uses
 
 
