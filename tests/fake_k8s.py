@@ -71,14 +71,52 @@ import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-__all__ = ["FakeKubernetes"]
+__all__ = ["FakeKubernetes", "RbacRequest", "rbac_request"]
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class RbacRequest(NamedTuple):
+    """What RBAC authorizes a request as: a Role rule grants it when its apiGroups, resources
+    (`resource` or `resource/subresource`) and verbs all match, in the Role's namespace."""
+
+    verb: str
+    api_group: str  # "" for the core group
+    resource: str
+    subresource: str  # "" when none
+    namespace: str  # "" for a cluster-wide request (e.g. list pods in all namespaces)
+
+    @property
+    def rule_resource(self) -> str:
+        return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+
+
+_RESOURCE_PATH = re.compile(
+    r"^/(?:api/(?P<core_version>[^/]+)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
+    r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<resource>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$")
+
+
+def rbac_request(method: str, path: str, query: dict[str, str]) -> RbacRequest | None:
+    """The authorizer's view of one resource request, following the API server's RequestInfo rules:
+    GET of an item is get, of a collection list, either with watch=true is watch; POST create, PUT
+    update, PATCH patch, DELETE of an item delete, of a collection deletecollection. None for
+    non-resource paths (/version, /openapi/v2...), which RBAC does not scope to a namespace."""
+    match = _RESOURCE_PATH.match(path)
+    if match is None:
+        return None
+    named = match["name"] is not None
+    if method in ("GET", "HEAD"):
+        verb = "watch" if _truthy(query.get("watch")) else ("get" if named else "list")
+    elif method == "DELETE":
+        verb = "delete" if named else "deletecollection"
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+    return RbacRequest(verb, match["group"] or "", match["resource"], match["sub"] or "", match["ns"] or "")
 
 
 def _now() -> str:
@@ -192,6 +230,8 @@ class FakeKubernetes:
         max_running     highest number of Jobs active at the same time (creation -> finished/deleted)
         requests        list of (method, path) for every request (path without query)
         request_log     list of {"method", "path", "query" (dict), "headers" (lower-case names), "body" (JSON)}
+        rbac_requests   set of RbacRequest (verb, API group, resource, subresource, namespace) of every
+                        request, as a real API server's authorizer would see it (see rbac_request())
         unhandled       list of (method, path-with-query) answered 404 because the fake lacks them
         unpullable_images  set of images (or images without tag) that never start
     Helpers: job(), pod_log(), pods_of(), wait_for(), wait_for_job_finished(), running_count().
@@ -318,6 +358,12 @@ class FakeKubernetes:
         """The pod's log so far (still available after the pod was deleted)."""
         with self._lock:
             return bytes(self._logs.get((namespace, pod_name), b"")).decode("utf-8", "replace")
+
+    @property
+    def rbac_requests(self) -> set[RbacRequest]:
+        with self._lock:
+            seen = (rbac_request(r["method"], r["path"], r["query"]) for r in self.request_log)
+            return {r for r in seen if r is not None}
 
     def running_count(self) -> int:
         with self._lock:

@@ -17,7 +17,7 @@ from prefect_kubernetes import pods as pk_pods
 from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 from prefect_kubernetes.jobs import KubernetesJob
 
-from fake_k8s import FakeKubernetes
+from fake_k8s import FakeKubernetes, RbacRequest, rbac_request
 
 # Waits are on conditions (a Job's final state, a pod's state); HANG only stops a test that would
 # otherwise wait for ever, it is not a speed target (the fake is not timed here).
@@ -331,3 +331,30 @@ def test_plain_sync_http_client(k8s):
     assert missing.value.code == 404
     assert json.load(missing.value)["reason"] == "NotFound"
     assert k8s.unhandled == []
+
+
+@pytest.mark.parametrize("method, path, query, expected", [
+    ("POST", "/apis/batch/v1/namespaces/smoke/jobs", {}, ("create", "batch", "jobs", "", "smoke")),
+    ("GET", "/apis/batch/v1/namespaces/smoke/jobs", {}, ("list", "batch", "jobs", "", "smoke")),
+    ("GET", "/apis/batch/v1/namespaces/smoke/jobs", {"watch": "true"}, ("watch", "batch", "jobs", "", "smoke")),
+    ("GET", "/apis/batch/v1/namespaces/smoke/jobs/j1", {}, ("get", "batch", "jobs", "", "smoke")),
+    ("GET", "/apis/batch/v1/namespaces/smoke/jobs/j1/status", {}, ("get", "batch", "jobs", "status", "smoke")),
+    ("DELETE", "/apis/batch/v1/namespaces/smoke/jobs/j1", {}, ("delete", "batch", "jobs", "", "smoke")),
+    ("DELETE", "/apis/batch/v1/namespaces/smoke/jobs", {}, ("deletecollection", "batch", "jobs", "", "smoke")),
+    ("PATCH", "/apis/batch/v1/namespaces/smoke/jobs/j1", {}, ("patch", "batch", "jobs", "", "smoke")),
+    ("GET", "/api/v1/namespaces/smoke/pods", {"labelSelector": "a=b"}, ("list", "", "pods", "", "smoke")),
+    ("GET", "/api/v1/namespaces/smoke/pods/p1/log", {"follow": "true"}, ("get", "", "pods", "log", "smoke")),
+    ("GET", "/api/v1/pods", {}, ("list", "", "pods", "", "")),  # all namespaces: a Role cannot grant it
+    ("GET", "/apis/batch/v1/jobs", {"watch": "1"}, ("watch", "batch", "jobs", "", "")),
+    ("GET", "/version", {}, None),
+])
+def test_requests_as_rbac_sees_them(method, path, query, expected):
+    assert rbac_request(method, path, query) == (RbacRequest(*expected) if expected else None)
+
+
+def test_the_fake_records_what_rbac_would_authorize(k8s):
+    request = urllib.request.Request(f"{k8s.url}/api/v1/namespaces/smoke/pods?watch=false", method="GET")
+    with urllib.request.urlopen(request) as answer:
+        assert answer.status == 200
+    assert k8s.rbac_requests == {RbacRequest("list", "", "pods", "", "smoke")}
+    assert RbacRequest("get", "", "pods", "log", "smoke").rule_resource == "pods/log"
