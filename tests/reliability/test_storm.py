@@ -47,9 +47,22 @@ WRITING_TASKS = (": write ", "record ")  # task run names of the steps that writ
 
 def _start_deployment_runs(count: int) -> list[str]:
     from prefect.deployments import run_deployment
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    async def one() -> str:
+        # SQLite answers 503 while its writer is busy; Prefect's client retries a few times, and on a
+        # loaded machine that is not always enough: the storm's own starts must not fail the trial
+        for attempt in range(10):
+            try:
+                return str((await run_deployment(DEPLOYMENT, timeout=0)).id)
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code != 503 or attempt == 9:
+                    raise
+                await asyncio.sleep(1 + attempt)
+        raise AssertionError("unreachable")
 
     async def go():  # one after the other: a few ms apart, and SQLite answers 503 to a burst of creates
-        return [str((await run_deployment(DEPLOYMENT, timeout=0)).id) for _ in range(count)]
+        return [await one() for _ in range(count)]
 
     return asyncio.run(go())
 
