@@ -168,8 +168,8 @@ def running_postgres(password: str, log: IO[str]) -> Iterator[int]:
 def _wait_postgres(port: int, proc: subprocess.Popen[Any], env: dict[str, str], log: IO[str],
                    timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while subprocess.run([str(POSTGRES_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)],
-                         env=env).returncode != 0:
+    while subprocess.run([str(POSTGRES_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port),
+                          "-U", DATABASE_USER, "-d", "postgres"], env=env).returncode != 0:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"PostgreSQL did not start on port {port} (log: {log.name})")
         time.sleep(0.2)

@@ -73,7 +73,7 @@ def test_event_log_drift_check_finds_managed_changes_through_redis(production, t
     sqlite_drift_events.test_a_managed_change_in_the_event_log_is_read_and_corrected(tmp_path)
 
 
-def test_change_events_reach_the_log_well_within_the_drift_check_s_lag(production, tmp_path):
+def test_change_events_reach_the_log_within_the_drift_check_s_lag(production, tmp_path):
     """The drift check assumes an event is in the log PERSIST_LAG (60 s) after it occurred. Here a
     change made through replica 2 travels through Redis to the services' event persister before
     replica 1 can show it (measured: about 5 s, the persister's flush interval); a server whose events
