@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from write_recorder import WriteRecorder
+from write_recorder import WriteRecorder, relay_websocket
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class Target:
     is_read: Callable[[str, str], bool]  # (method, path)
     is_create: Callable[[str, str, bytes], bool]  # (method, path, request body)
     found_missing: Callable[[int, bytes], bool]  # (status, answer body) of a read
+
+
+Route = Callable[[str, str, str], str]  # (racer, method, path) -> the API URL it goes to
 
 
 @dataclass
@@ -50,9 +53,11 @@ class Exchange:
 
 
 class RaceRecorder(WriteRecorder):
-    def __init__(self, racers: list[str], target: Target, upstream_api: str, barrier_seconds: float = 60):
+    def __init__(self, racers: list[str], target: Target, upstream_api: str | Route, barrier_seconds: float = 60):
+        """`upstream_api`: the server's API URL, or a route: which API (of a production-shaped server's
+        replicas) a racer's request goes to, as a load balancer would choose."""
         self.racers, self.target = list(racers), target
-        self.upstream = upstream_api.rstrip("/").rsplit("/api", 1)[0]
+        self.route: Route = upstream_api if callable(upstream_api) else lambda racer, method, path: upstream_api
         self.barrier_seconds = barrier_seconds
         self.exchanges: list[Exchange] = []
         self._clock = itertools.count()
@@ -82,7 +87,7 @@ class RaceRecorder(WriteRecorder):
 
     async def _handle_for(self, racer: str, request):
         if request.headers.get("upgrade", "").lower() == "websocket":
-            return await self._websocket(request)
+            return await relay_websocket(self.session, self._upstream(racer, request.method, request.path), request)
         body = await request.read()
         path = request.path
         kind = ("read" if self.target.is_read(request.method, path)
@@ -103,7 +108,8 @@ class RaceRecorder(WriteRecorder):
         if exchange is not None:
             exchange.forwarded = next(self._clock)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in self.HOP_BY_HOP}
-        async with self.session.request(request.method, self.upstream + request.path_qs, headers=headers,
+        upstream = self._upstream(racer, request.method, path)
+        async with self.session.request(request.method, upstream + request.path_qs, headers=headers,
                                         data=body, allow_redirects=False) as answer:
             payload = await answer.read()
             answer_headers = [(k, v) for k, v in answer.headers.items() if k.lower() not in self.HOP_BY_HOP]
@@ -113,6 +119,9 @@ class RaceRecorder(WriteRecorder):
             # the answer is kept as the client sees it (gzip is left to the client: decode it here)
             exchange.answer = _decoded(payload, dict(answer_headers))
         return web.Response(status=status, body=payload, headers=CIMultiDict(answer_headers))
+
+    def _upstream(self, racer: str, method: str, path: str) -> str:
+        return self.route(racer, method, path).rstrip("/").rsplit("/api", 1)[0]
 
     # -- what the record shows ----------------------------------------------------------------
 

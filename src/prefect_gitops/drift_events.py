@@ -24,6 +24,10 @@ from prefect_gitops.state import Inventory
 SKEW = dt.timedelta(seconds=5)
 # - the server persists events in batches, a few seconds after they occurred: a check that asked the
 #   log at t may not have seen what happened just before t, so the next one asks from this far back.
+#   Measured with the API replicas apart from the services (events through Redis to the persister,
+#   tests/integration/test_production_server.py): a change's event is in the log 1-6 s later (the
+#   persister flushes every 5 s), the controller's own events ~10-12 s (prefect-redis batches what
+#   clients send for up to 10 s). 60 s covers both; only a stopped or backlogged persister exceeds it.
 PERSIST_LAG = dt.timedelta(seconds=60)
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 from helpers import GitRepo, create_deployment, create_pool, deployment_job_variables, k8s_template, read_state, uid
-from race_recorder import RaceRecorder, Target, json_body, wait_all
+from race_recorder import RaceRecorder, Route, Target, json_body, wait_all
 
 from prefect_gitops.local_server import free_port, running_server, server_env
 
@@ -51,6 +51,13 @@ def assert_one_create_won(proxy: RaceRecorder) -> None:
 
 
 def test_racing_reconciles_of_one_environment_create_its_lock_limit_once(tmp_path):
+    race_for_the_lock_limit(tmp_path, os.environ["PREFECT_API_URL"])
+
+
+def race_for_the_lock_limit(tmp_path, apis: str | Route) -> None:
+    """Two reconciles of one environment, each through the proxy to `apis` (the server, or a route to
+    a replica per request), race to create the environment's lock: one create wins, then one run
+    applies and the other waits for the lock and finds the revision in sync, and the slot ends free."""
     u = uid()
     env, flow, pool = f"race{u}", f"race-{u}", f"k8s-race-{u}"
     create_pool(pool, image_default="flows:0")
@@ -66,7 +73,7 @@ def test_racing_reconciles_of_one_environment_create_its_lock_limit_once(tmp_pat
                                               and json_body(body).get("name") == limit),
         found_missing=lambda status, body: status == 404)
 
-    with RaceRecorder(RACERS, target, os.environ["PREFECT_API_URL"]) as proxy:
+    with RaceRecorder(RACERS, target, apis) as proxy:
         reports = race(proxy, {r: ["--source", repo.url, "--env", env] for r in RACERS})
 
     assert_one_create_won(proxy)

@@ -26,6 +26,10 @@ from prefect_gitops.state import utcnow
 
 @pytest.fixture
 def estate(tmp_path):
+    return make_estate(tmp_path)
+
+
+def make_estate(tmp_path):
     """A pool with two deployments, and a GitOps repo describing them."""
     u = uid()
     env, pool, flow = f"e{u}", f"k8s-{u}", f"etl-{u}"

@@ -29,6 +29,10 @@ CHECK = [sys.executable, "-c",
 
 @pytest.fixture
 def estate(tmp_path):
+    return make_estate(tmp_path)
+
+
+def make_estate(tmp_path):
     u = uid()
     env, pool, flow = f"s{u}", f"k8s-{u}", f"etl-{u}"
     create_pool(pool, image_default="flows:1.0.0")
@@ -133,14 +137,42 @@ def test_bad_smoke_policy_is_refused_before_any_test_runs(estate):
 
 def test_manual_rollback_by_revision_and_by_steps(estate):
     e = estate
-    plain = lambda a, b: {"deployments": {e["a"]: {"job_variables": {"image": a}},  # noqa: E731
-                                          e["b"]: {"job_variables": {"image": b}}},
-                          "work_pools": {e["pool"]: {"job_variables": {"image": a}}}}
-    r1 = e["repo"].commit_env(e["env"], plain("flows:1", "flows:1"))
+    r1, r2, r3 = rollback_by_revision_holds_reconciles(e)
+
+    # --force re-applies r3
+    result = apply(e, "--force")
+    assert result["status"] == "applied" and deployment_job_variables(e["a"]) == {"image": "flows:3"}
+
+    # one step back from r3 is r2
+    code, out = cli_json("rollback", "--env", e["env"], "--steps", "1")
+    assert out["revision"] == r2
+    assert deployment_job_variables(e["a"]) == {"image": "flows:2"}
+    assert deployment_job_variables(e["b"]) == {"image": "flows:1"}
+    assert pool_default(e["pool"], "image") == "flows:2"
+
+    # Git moves to a new revision: reconciles resume
+    e["repo"].commit_env(e["env"], _plain(e, "flows:4", "flows:4"))
+    result = apply(e)
+    assert result["status"] == "applied" and deployment_job_variables(e["b"]) == {"image": "flows:4"}
+    state, _ = read_state(e["env"])
+    assert state.rolled_back is None and state.condition.ready
+
+    cli("rollback", "--env", e["env"], "--to", "abcdef0", check_codes=(1,))
+
+
+def _plain(e, a, b):
+    return {"deployments": {e["a"]: {"job_variables": {"image": a}}, e["b"]: {"job_variables": {"image": b}}},
+            "work_pools": {e["pool"]: {"job_variables": {"image": a}}}}
+
+
+def rollback_by_revision_holds_reconciles(e) -> tuple[str, str, str]:
+    """Three revisions applied, then a rollback to the first: its values are back, and reconciles of
+    Git's (unchanged) revision hold, report rolled back and write nothing. The three revisions."""
+    r1 = e["repo"].commit_env(e["env"], _plain(e, "flows:1", "flows:1"))
     apply(e)
-    r2 = e["repo"].commit_env(e["env"], plain("flows:2", "flows:1"))
+    r2 = e["repo"].commit_env(e["env"], _plain(e, "flows:2", "flows:1"))
     apply(e)
-    r3 = e["repo"].commit_env(e["env"], plain("flows:3", "flows:3"))
+    r3 = e["repo"].commit_env(e["env"], _plain(e, "flows:3", "flows:3"))
     apply(e)
 
     code, out = cli_json("rollback", "--env", e["env"], "--to", r1[:10])
@@ -159,23 +191,4 @@ def test_manual_rollback_by_revision_and_by_steps(estate):
     assert st["rolled_back"]["from_revision"] == r3 and st["last_applied_revision"] == r1
     events = read_events("prefect-gitops.rollback", e["env"], flow_run_id=out["flow_run_id"])
     assert [ev["payload"]["revision"] for ev in events] == [r1]
-
-    # --force re-applies r3
-    result = apply(e, "--force")
-    assert result["status"] == "applied" and deployment_job_variables(e["a"]) == {"image": "flows:3"}
-
-    # one step back from r3 is r2
-    code, out = cli_json("rollback", "--env", e["env"], "--steps", "1")
-    assert out["revision"] == r2
-    assert deployment_job_variables(e["a"]) == {"image": "flows:2"}
-    assert deployment_job_variables(e["b"]) == {"image": "flows:1"}
-    assert pool_default(e["pool"], "image") == "flows:2"
-
-    # Git moves to a new revision: reconciles resume
-    e["repo"].commit_env(e["env"], plain("flows:4", "flows:4"))
-    result = apply(e)
-    assert result["status"] == "applied" and deployment_job_variables(e["b"]) == {"image": "flows:4"}
-    state, _ = read_state(e["env"])
-    assert state.rolled_back is None and state.condition.ready
-
-    cli("rollback", "--env", e["env"], "--to", "abcdef0", check_codes=(1,))
+    return r1, r2, r3
