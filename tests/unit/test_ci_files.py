@@ -346,7 +346,8 @@ def test_compat_job_runs_the_compat_script_on_python_313(ci: dict) -> None:
     assert _script(job)[-1] == "PREFECT_GITOPS_COMPAT_PYTHON=python3 .ci/compat"
     assert "compat" in _job(ci, "build")["needs"], "no image is built from a commit whose package fails"
     run = (ROOT / ".ci" / "run").read_text()
-    assert ".ci/compat" in run.split(_readme_test_command(), 1)[1], ".ci/run runs the compat job after the tests"
+    assert _readme_test_command() in run.splitlines(), ".ci/run runs the README's test command, verbatim"
+    assert ".ci/compat test" in run.split(_readme_test_command(), 1)[1], ".ci/run runs the compat tests after it"
 
 
 def test_build_job_pushes_the_commit_image(ci: dict) -> None:
