@@ -144,6 +144,19 @@ def server_snapshot(pools: list[str], deployments: list[str]) -> dict:
     }
 
 
+def global_limit(name: str) -> Any:
+    """The global concurrency limit `name` as the session's server has it (None: it does not exist)."""
+    from prefect.exceptions import ObjectNotFound
+
+    async def go(client):
+        try:
+            return await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return None
+
+    return run(_with_client(go))
+
+
 def read_state(env: str):
     from prefect_gitops.adapters.prefect_api import PrefectAPI
 

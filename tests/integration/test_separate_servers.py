@@ -28,6 +28,7 @@ from helpers import (
     create_deployment,
     create_pool,
     deployment_job_variables,
+    global_limit,
     read_artifacts,
     read_events,
     read_state,
@@ -80,20 +81,6 @@ def estate_on_both(u: str) -> dict:
     create_pool(pool, image_default="flows:1.0.0")
     create_deployment(flow, "daily", pool, {"namespace": "jobs"})
     return {"pool": pool, "daily": f"{flow}/daily"}
-
-
-def global_limit(name: str):
-    from prefect.exceptions import ObjectNotFound
-
-    from helpers import _with_client
-
-    async def go(client):
-        try:
-            return await client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            return None
-
-    return run(_with_client(go))
 
 
 def control_post(path: str, body: dict) -> list:

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import GitRepo, _with_client, create_deployment, create_pool, run, uid
+from helpers import GitRepo, _with_client, create_deployment, create_pool, global_limit, run, uid
 
 LIMIT = "prefect-gitops-smoke-tests"  # the documented name
 SIZE_VARIABLE = "PREFECT_GITOPS_SMOKE_TEST_LIMIT"
@@ -42,16 +42,8 @@ def held_smoke_test(marker: Path, release: Path) -> dict:
 
 
 def read_limit():
-    """The limit as the server has it (None: it does not exist)."""
-    from prefect.exceptions import ObjectNotFound
-
-    async def go(client):
-        try:
-            return await client.read_global_concurrency_limit_by_name(LIMIT)
-        except ObjectNotFound:
-            return None
-
-    return run(_with_client(go))
+    """The shared cap as the server has it (None: it does not exist)."""
+    return global_limit(LIMIT)
 
 
 def delete_limit() -> None:
