@@ -236,7 +236,10 @@ def _ui_url(flow_run_id: str) -> str | None:
 
 
 @app.command()
-def status(env: str = ENV, output: Output = OUTPUT) -> None:
+def status(env: str = ENV, output: Output = OUTPUT,
+           entries: int = typer.Option(1, "--entries", min=0, help=(
+               "How many of the newest history entries to show whole, with their changes (json output); "
+               "every entry is listed by its summary."))) -> None:
     """What was last attempted and applied, the inventory size and the history."""
     from prefect import get_client
 
@@ -246,7 +249,10 @@ def status(env: str = ENV, output: Output = OUTPUT) -> None:
 
     async def run() -> tuple[EnvironmentState, Any]:
         async with get_client() as client, environment_api(client, env) as api:  # on ENV's own server
-            return await api.read_state(env)
+            state, handle = await api.read_state(env, history=False)
+            if handle is not None:
+                state.history = await api.read_history(state, entries)
+            return state, handle
 
     try:
         state, handle = asyncio.run(run())

@@ -54,11 +54,11 @@ async def record_outcome(api: PrefectAPI, state: EnvironmentState, handle: Any, 
 
 async def _completed_writes(api: PrefectAPI, state: EnvironmentState, the_plan: Plan) -> list[Change]:
     """A killed run's writes this run found landed, less those its history entry names already (read
-    only when there are any: after a kill)."""
+    only when there are any: after a kill; an entry that run stored without indexing it is indexed now)."""
     found = completed_writes(state.inventory, the_plan)
     if found:
-        stored, _ = await api.read_state(state.environment)
-        found = completed_writes(state.inventory, the_plan, stored.history[0].changes if stored.history else [])
+        newest = await api.read_history(state, 1)
+        found = completed_writes(state.inventory, the_plan, newest[0].changes if newest else [])
     return found
 
 

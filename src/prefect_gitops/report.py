@@ -146,9 +146,9 @@ def status_text(state: EnvironmentState) -> str:
             "out of sync with Git until Git moves or a reconcile is forced"),
         "history (newest first):",
     ]
-    for h in state.history[:20]:
+    for h in state.history_index[:20]:
         lines.append(f"  {h.finished_at:%Y-%m-%d %H:%M:%S} {h.revision[:12]} {h.outcome:8} "
-                     f"{len(h.changes)} change(s) flow run {h.flow_run_id or '-'}")
-    if not state.history:
+                     f"{h.changes} change(s) flow run {h.flow_run_id or '-'}")
+    if not state.history_index:
         lines.append("  (none)")
     return "\n".join(lines)

@@ -49,16 +49,17 @@ async def rollback(request: RollbackRequest, api: PrefectAPI, lock: Lock | None 
 async def _rollback(request: RollbackRequest, api: PrefectAPI, result: ReconcileResult) -> ReconcileResult:
     try:
         now = utcnow()
-        state, handle = await api.read_state(request.environment)
+        state, handle = await api.read_state(request.environment, history=False)
         if handle is None:
             raise PermanentError(f"environment {request.environment!r} has never been reconciled")
         try:
             index = find_rollback_target(state, request.to_revision, request.steps)
         except ValueError as exc:
             raise PermanentError(str(exc)) from None
-        to_revision = state.history[index].revision
+        to_revision = state.history_index[index].revision
         result.revision = to_revision
-        desired = _file_at(state, index)
+        # only the entries newer than the one to go back to are read: they are what is undone
+        desired = _file_at(state, await api.read_history(state, index))
         actual = await api.read_actual(pool_names=set(desired.work_pools) | set(state.inventory.work_pools),
                                        deployment_names=set(desired.deployments) | set(state.inventory.deployments),
                                        queue_pools={n.split("/", 1)[0] for n in state.inventory.work_queues})
@@ -85,10 +86,10 @@ async def _rollback(request: RollbackRequest, api: PrefectAPI, result: Reconcile
     return result
 
 
-def _file_at(state: EnvironmentState, index: int) -> EnvironmentFile:
-    """The managed values as applied at history[index], as an environment file to plan against."""
+def _file_at(state: EnvironmentState, newer: list[HistoryEntry]) -> EnvironmentFile:
+    """The managed values as applied before the `newer` history entries, as an environment file to plan against."""
     file: dict[str, Any] = {}
-    for kind_name, targets in values_at(state, index).items():
+    for kind_name, targets in values_at(state, newer).items():
         for target, values in targets.items():
             kind(kind_name).add_to_file(file, target, values)
     return EnvironmentFile.model_validate(file)

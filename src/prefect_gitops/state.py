@@ -75,6 +75,7 @@ class Condition(BaseModel):
 
 class HistoryEntry(BaseModel):
     revision: str
+    seq: int | None = Field(default=None, description="Its number in the environment's history (None until stored).")
     outcome: Literal["applied", "partial", "failed", "rolled-back", "rollback"]
     started_at: dt.datetime
     finished_at: dt.datetime
@@ -83,6 +84,26 @@ class HistoryEntry(BaseModel):
     reverted: list[Change] = Field(
         default_factory=list, description="Automatic rollback: the writes that undid `changes`.")
     failures: list[str] = Field(default_factory=list)
+
+
+class HistorySummary(BaseModel):
+    """A history entry without its changes: what the index in the state keeps of every stored entry, so
+    that status and rollback can choose entries without reading them all."""
+
+    seq: int | None
+    revision: str
+    outcome: Literal["applied", "partial", "failed", "rolled-back", "rollback"]
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    flow_run_id: str | None = None
+    changes: int = 0
+    failures: int = 0
+
+    @classmethod
+    def of(cls, entry: HistoryEntry) -> HistorySummary:
+        return cls(seq=entry.seq, revision=entry.revision, outcome=entry.outcome, started_at=entry.started_at,
+                   finished_at=entry.finished_at, flow_run_id=entry.flow_run_id, changes=len(entry.changes),
+                   failures=len(entry.failures))
 
 
 class RolledBack(BaseModel):
@@ -122,7 +143,10 @@ class EnvironmentState(BaseModel):
     rolled_back: RolledBack | None = None
     suspended: Suspension | None = None
     inventory: Inventory = Field(default_factory=Inventory)
-    history: list[HistoryEntry] = Field(default_factory=list, description="Newest first.")
+    history: list[HistoryEntry] = Field(default_factory=list, description=(
+        "Newest first: the stored entries when read with their history, else only those added since the read."))
+    history_index: list[HistorySummary] = Field(default_factory=list, description=(
+        "Every stored history entry (and those added since the read), newest first, without its changes."))
 
     def drift_check_due(self, now: dt.datetime) -> bool:
         if self.last_drift_check_at is None:
@@ -159,6 +183,7 @@ class EnvironmentState(BaseModel):
     def add_history(self, entry: HistoryEntry) -> None:
         self.history.insert(0, entry)
         del self.history[HISTORY_LIMIT:]
+        self.history_index.insert(0, HistorySummary.of(entry))
 
 
 def _copy(inventory: Inventory) -> Inventory:
@@ -245,10 +270,11 @@ def managed_values(inventory: Inventory) -> dict[TargetType, dict[str, dict[str,
     }
 
 
-def values_at(state: EnvironmentState, index: int) -> dict[TargetType, dict[str, dict[str, Any]]]:
-    """Managed values right after history[index], by undoing every newer entry from the current inventory."""
+def values_at(state: EnvironmentState, newer: list[HistoryEntry]) -> dict[TargetType, dict[str, dict[str, Any]]]:
+    """Managed values right before the `newer` entries (newest first: every entry after the one to go
+    back to), by undoing them from the current inventory."""
     values = managed_values(state.inventory)
-    for entry in state.history[:index]:
+    for entry in newer:
         for change in reversed(entry.changes + entry.reverted):
             keys = values[change.target_type].setdefault(change.target, {})
             if change.old_present:
@@ -259,24 +285,25 @@ def values_at(state: EnvironmentState, index: int) -> dict[TargetType, dict[str,
 
 
 def find_rollback_target(state: EnvironmentState, to_revision: str | None, steps: int | None) -> int:
-    """Index in history of the apply to go back to. Raises ValueError with a readable reason.
+    """Index in the history index of the apply to go back to. Raises ValueError with a readable reason.
 
     Steps count distinct Git revisions that reconciles applied, newest first, from the one
     applied now; rollbacks themselves are not steps.
     """
-    applied = [i for i, h in enumerate(state.history) if h.outcome == "applied"]
+    history = state.history_index
+    applied = [i for i, h in enumerate(history) if h.outcome == "applied"]
     if to_revision is not None:
         if len(to_revision) >= 7:
-            for i in applied + [i for i, h in enumerate(state.history) if h.outcome == "rollback"]:
-                if state.history[i].revision.startswith(to_revision):
+            for i in applied + [i for i, h in enumerate(history) if h.outcome == "rollback"]:
+                if history[i].revision.startswith(to_revision):
                     return i
         raise ValueError(f"revision {to_revision!r} is not in the recorded history of {state.environment!r} "
-                         f"(the last {len(state.history)} applies are kept)")
+                         f"(the last {len(history)} applies are kept)")
     if steps is None or steps < 1:
         raise ValueError("give --to REVISION or --steps N (N >= 1)")
     newest: dict[str, int] = {}
     for i in applied:
-        newest.setdefault(state.history[i].revision, i)
+        newest.setdefault(history[i].revision, i)
     revisions = list(newest)
     current = state.last_applied_revision
     start = revisions.index(current) if current in revisions else -1

@@ -35,18 +35,11 @@ def deployable_prefect_file(target: Path, schedule_interval: int | None = None) 
 def forget_environments(*environments: str) -> None:
     """Delete the recorded state and history of `environments` (as an operator retiring them would)."""
     from helpers import _with_client, run
-    from prefect_gitops.adapters.state_store import HISTORY_BLOCK_TYPE, STATE_BLOCK_TYPE, state_block_name
-    from prefect.exceptions import ObjectNotFound
+    from prefect_gitops.adapters.state_store import delete_record
 
     async def go(client):
         for environment in environments:
-            for slug in (STATE_BLOCK_TYPE, HISTORY_BLOCK_TYPE):
-                try:
-                    document = await client.read_block_document_by_name(name=state_block_name(environment),
-                                                                        block_type_slug=slug)
-                except ObjectNotFound:
-                    continue
-                await client.delete_block_document(document.id)
+            await delete_record(client, environment)
 
     run(_with_client(go))
 

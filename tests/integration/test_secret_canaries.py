@@ -254,6 +254,8 @@ def server_records(since: datetime, environments: list[str]) -> str:
                                                 FlowRunFilterStartTime, LogFilter, LogFilterTimestamp,
                                                 TaskRunFilter, TaskRunFilterFlowRunId)
 
+    from prefect_gitops.adapters.state_store import record_documents
+
     async def read(client) -> list[str]:
         runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
             start_time=FlowRunFilterStartTime(after_=since)), limit=200)
@@ -270,12 +272,7 @@ def server_records(since: datetime, environments: list[str]) -> str:
             offset += len(page)
         out += [d.model_dump_json() for d in await client.read_block_documents(include_secrets=False)]
         for env in environments:  # the record, secrets included: it holds none
-            for slug in ("gitops-environment-state", "gitops-environment-history"):
-                try:
-                    document = await client.read_block_document_by_name(f"gitops-{env}", slug, include_secrets=True)
-                except Exception:  # noqa: BLE001  (an environment without a record)
-                    continue
-                out.append(document.model_dump_json())
+            out += [d.model_dump_json() for d in await record_documents(client, env)]
         return out
 
     import httpx

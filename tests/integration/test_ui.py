@@ -131,10 +131,13 @@ def as_read(description: str) -> str:
 def server_record(plane: ControlPlane) -> dict:
     """Everything a reconcile of qa could write, read back from the server (README: the targets, the
     "Where the record lives" blocks, the environment's lock limit)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers import _with_client, run
     from prefect.exceptions import ObjectNotFound
 
     from prefect_gitops.adapters.locks import environment_limit
-    from prefect_gitops.adapters.state_store import HISTORY_BLOCK_TYPE, STATE_BLOCK_TYPE, state_block_name
+    from prefect_gitops.adapters.state_store import record_documents
 
     record: dict = {}
     with sync_client() as client:
@@ -144,13 +147,11 @@ def server_record(plane: ControlPlane) -> dict:
                                   for q in client.read_work_queues(work_pool_name=plane.pool))
         record["deployments"] = {name: client.read_deployment_by_name(name).job_variables
                                  for name in (plane.workload, plane.prod_workload)}
-        for slug in (STATE_BLOCK_TYPE, HISTORY_BLOCK_TYPE):
-            try:
-                document = client.read_block_document_by_name(name=state_block_name(plane.env), block_type_slug=slug,
-                                                              include_secrets=True)
-                record[slug] = (str(document.id), str(document.block_schema_id), document.data)
-            except ObjectNotFound:
-                record[slug] = None
+        # in a thread of its own: Playwright's sync API keeps an event loop running in this one
+        with ThreadPoolExecutor(1) as thread:
+            documents = thread.submit(run, _with_client(lambda c: record_documents(c, plane.env))).result()
+        for document in documents:
+            record[document.name] = (str(document.id), str(document.block_schema_id), document.data)
         try:
             limit = client.read_global_concurrency_limit_by_name(environment_limit(plane.env))
             record["lock"] = (str(limit.id), limit.limit, limit.active, limit.active_slots)
@@ -301,7 +302,7 @@ def test_custom_run_form_submits_a_dry_run_that_completes(control_plane, page):
     ], report
     # anything else in the plan is a key an earlier test's qa file had applied (same server, same env),
     # in qa's recorded inventory and no longer in Git
-    recorded = before["gitops-environment-state"]
+    recorded = before.get(f"gitops-{control_plane.env}")
     inventory = json.loads(recorded[2]["state_json"])["inventory"] if recorded else {}
     others = [row for row in rows if row[1] not in (control_plane.workload, queue)]
     assert all(row[5].endswith("(removed from Git)") and row[2] in inventory.get(f"{row[0]}s", {}).get(row[1], {})

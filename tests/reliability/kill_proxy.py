@@ -95,7 +95,7 @@ class KillProxy(WriteRecorder):
             if data.get("environment") == self.environment:
                 if "state_json" in data:
                     return "state", "state", None
-                if "history_json" in data:
+                if "entry_json" in data:  # a history entry (adapters/state_store.py)
                     return "history", "history", None
         return None
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from prefect_gitops.model import EnvironmentFile
-from prefect_gitops.plan import ActualState, PoolActual, plan
-from prefect_gitops.state import EnvironmentState, HistoryEntry, Inventory, begin_apply, completed_writes, finish_apply
+from prefect_gitops.plan import ActualState, Change, PoolActual, plan
+from prefect_gitops.state import (EnvironmentState, HistoryEntry, Inventory, ManagedKey, begin_apply, completed_writes,
+                                  find_rollback_target, finish_apply, values_at)
 from prefect_gitops.state import utcnow
 
 POOL = {"variables": {"properties": {"image": {"type": "string", "default": "flows:0"}}}}
@@ -99,3 +102,30 @@ def test_a_drift_check_asks_the_event_log_only_after_a_check_that_ended_in_sync(
         ("a full read is due", state(last_full_read_at=now - dt.timedelta(hours=1)), 3600),
     ]:
         assert s.may_check_by_events("a" * 40, now, interval) == why
+
+
+def _entry(revision: str, outcome: str, old: str | None, new: str) -> HistoryEntry:
+    now = utcnow()
+    return HistoryEntry(revision=revision * 40, outcome=outcome, started_at=now, finished_at=now, changes=[
+        Change(target_type="work_pool", target="k8s", key="image", action="set", old=old, old_present=old is not None,
+               new=new, reason="desired")])
+
+
+def test_rollback_chooses_from_the_index_and_undoes_only_the_entries_newer_than_its_target():
+    state = EnvironmentState(environment="prod", last_applied_revision="c" * 40)
+    state.inventory = begin_apply(Inventory(), [], "c" * 40)
+    state.inventory.put("work_pool", "k8s", "image", ManagedKey(value="flows:3", applied=True, had_previous=False))
+    history = [_entry("a", "applied", None, "flows:1"), _entry("b", "applied", "flows:1", "flows:2"),
+               _entry("b", "failed", "flows:2", "flows:2"), _entry("c", "applied", "flows:2", "flows:3")]
+    for entry in history:
+        state.add_history(entry)
+    state.history = []  # as read without the history: the index alone chooses
+    # the index, newest first: c applied, b failed, b applied, a applied
+    cases = [(dict(to_revision=None, steps=1), 2, "flows:2"), (dict(to_revision=None, steps=2), 3, "flows:1"),
+             (dict(to_revision="a" * 7, steps=None), 3, "flows:1"), (dict(to_revision="b" * 12, steps=None), 2, "flows:2")]
+    for ask, index, image in cases:
+        assert find_rollback_target(state, **ask) == index, ask
+        newer = list(reversed(history))[:index]  # what the adapter reads: the entries before it in the index
+        assert values_at(state, newer)["work_pool"]["k8s"]["image"] == image, ask
+    with pytest.raises(ValueError, match="only 2 earlier applied revision"):
+        find_rollback_target(state, None, 3)

@@ -39,7 +39,7 @@ from prefect_gitops.drift_events import CHANGE_EVENTS, ChangeEvent
 from prefect_gitops.errors import PermanentError, TransientError
 from prefect_gitops.kinds import kind_of_event
 from prefect_gitops.plan import ActualState, DeploymentActual, PoolActual, QueueActual
-from prefect_gitops.state import EnvironmentState
+from prefect_gitops.state import EnvironmentState, HistoryEntry
 
 PAGE = 200  # the server's cap on one read
 EVENT_PAGE = 50  # the server's cap on one page of events
@@ -221,6 +221,11 @@ class PrefectAPI:
     async def write_state(self, state: EnvironmentState, handle: Any) -> Any:
         async with api_errors(f"recording the state of {state.environment!r}"):
             return await retrying(lambda: state_store.write_state(self.client, state, handle))
+
+    async def read_history(self, state: EnvironmentState, count: int) -> list[HistoryEntry]:
+        """The newest `count` entries of the state's history, whole (with their changes), newest first."""
+        async with api_errors(f"reading the history of {state.environment!r}"):
+            return await retrying(lambda: state_store.read_history(self.client, state, count))
 
 
 def _change_event(event: ReceivedEvent) -> ChangeEvent | None:

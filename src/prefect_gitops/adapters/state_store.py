@@ -1,42 +1,63 @@
-"""Where an environment's recorded state lives: two Prefect blocks per environment.
+"""Where an environment's recorded state lives: Prefect blocks per environment.
 
-- `gitops-<env>` (GitOps Environment State): revisions, condition, suspension and the inventory,
-  as one JSON string, plus a few plain fields for the UI. Read and written by every reconcile.
-- `gitops-<env>` too, of another block type (GitOps Environment History): the last applies, newest
-  first, as one JSON string. Written only when an apply, rollback or failure adds an entry; read only
-  by those who need it.
+- `gitops-<env>` (GitOps Environment State): revisions, condition, suspension, the inventory and the
+  history index (one summary per stored entry, without its changes), as one JSON string, plus a few
+  plain fields for the UI. Read and written by every reconcile.
+- `gitops-<env>-h<seq>` (GitOps History Entry), one document per history entry: what an apply, rollback
+  or failed apply wrote. Written once, when the entry is added; read only by those who need it
+  (rollback reads the entries newer than the one it goes back to, status the newest); deleted when the
+  entry falls off the index (HISTORY_LIMIT).
+
+So a write costs what changed, not the history: an apply writes its own entry and the state, and a
+full history adds one delete. (The history used to be one JSON string rewritten by every apply:
+6.4 MB at 1,000 deployments, bench/findings.md.)
 
 Why JSON strings: the server flattens and unflattens every nested leaf of a block's data on each
 write (secret obfuscation); with thousands of managed keys that costs ~0.7 s per write, against
-~0.1 s for the same bytes as one string (bench/findings.md). Why two blocks: the history is most
-of the bytes, and a no-op reconcile has no use for it.
+~0.1 s for the same bytes as one string (bench/findings.md).
 
-Crash order: the history is written before the state, so a run killed between the two leaves a
-history entry for writes that happened and a state that the next reconcile completes (it finds the
-keys in sync and adds no second entry).
+Crash order, per write: (1) the new entries' documents, (2) the state that indexes them, (3) the deletes
+of entries that fell off the index (listed in the state, `history_pruning`, until a write finds them gone).
+- Killed after (1): an entry is stored but not indexed, at the next sequence number. Whoever next adds an
+  entry or reads the history finds it there (one read by name) and indexes it: it is never lost, and its
+  writes are never recorded twice (the next run finds those keys in sync: record.py).
+- Killed after (2): the next write deletes them.
+
+Earlier formats are read, and moved to this one by the first write: the history as one `history_json`
+string in a GitOps Environment History document (0.2), and the whole state with its history as one
+nested dict (0.1). Their entries are loaded with the state and stored as new entries.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
+from dataclasses import dataclass
 from uuid import UUID
 
 from prefect.blocks.core import Block
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import BlockDocumentUpdate
+from prefect.client.schemas.actions import BlockDocumentCreate, BlockDocumentUpdate
 from prefect.client.schemas.objects import BlockDocument
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from pydantic import Field, TypeAdapter
 
-from prefect_gitops.state import HISTORY_LIMIT, EnvironmentState, HistoryEntry
+from prefect_gitops.errors import PermanentError
+from prefect_gitops.state import HISTORY_LIMIT, EnvironmentState, HistoryEntry, HistorySummary
 
 STATE_BLOCK_TYPE = "gitops-environment-state"
-HISTORY_BLOCK_TYPE = "gitops-environment-history"
+ENTRY_BLOCK_TYPE = "gitops-history-entry"
+LEGACY_HISTORY_BLOCK_TYPE = "gitops-environment-history"  # 0.2: the whole history in one document
+HISTORY_FORMAT = 3  # one document per entry
 _HISTORY = TypeAdapter(list[HistoryEntry])
+_READS_IN_FLIGHT = 8
 
 
 def state_block_name(environment: str) -> str:
     return f"gitops-{environment}"
+
+
+def entry_block_name(environment: str, seq: int) -> str:
+    return f"gitops-{environment}-h{seq:06d}"
 
 
 class GitOpsEnvironmentState(Block):
@@ -45,26 +66,33 @@ class GitOpsEnvironmentState(Block):
     _block_type_name = "GitOps Environment State"
     _block_type_slug = STATE_BLOCK_TYPE
     _description = ("What prefect-gitops last attempted and applied for one environment: revisions, "
-                    "condition, and the inventory of managed keys with their previous values. "
-                    "Written by prefect-gitops; do not edit by hand.")
+                    "condition, the inventory of managed keys with their previous values, and the index of "
+                    "its history. Written by prefect-gitops; do not edit by hand.")
 
     environment: str = Field(default="", description="The environment.")
     last_applied_revision: str | None = Field(default=None, description="The Git revision applied last.")
     last_attempted_revision: str | None = Field(default=None, description="The Git revision attempted last.")
     condition: str | None = Field(default=None, description="Ready or not, with the reason and message.")
     state_json: str = Field(default="{}", description="The whole recorded state (without history) as JSON.")
+    history_format: int = Field(default=HISTORY_FORMAT, description="How the history is stored (3: one "
+                                "GitOps History Entry document per entry).")
+    history_pruning: list[int] = Field(default_factory=list, description=(
+        "History entries that fell off the index and whose documents are being deleted."))
 
 
-class GitOpsEnvironmentHistory(Block):
-    """The apply history of one environment (newest first); read by status, rollback and promotion."""
+class GitOpsHistoryEntry(Block):
+    """One entry of an environment's history: what one apply, rollback or failed apply wrote."""
 
-    _block_type_name = "GitOps Environment History"
-    _block_type_slug = HISTORY_BLOCK_TYPE
-    _description = (f"The last {HISTORY_LIMIT} applies, rollbacks and failed applies of one environment, "
+    _block_type_name = "GitOps History Entry"
+    _block_type_slug = ENTRY_BLOCK_TYPE
+    _description = (f"One of the last {HISTORY_LIMIT} applies, rollbacks and failed applies of an environment, "
                     "with every change written. Written by prefect-gitops; do not edit by hand.")
 
     environment: str = Field(default="", description="The environment.")
-    history_json: str = Field(default="[]", description="The history entries as JSON, newest first.")
+    seq: int = Field(default=0, description="Its number in the environment's history.")
+    revision: str = Field(default="", description="The Git revision.")
+    outcome: str = Field(default="", description="applied, partial, failed, rolled-back or rollback.")
+    entry_json: str = Field(default="{}", description="The whole entry as JSON.")
 
 
 @dataclass
@@ -72,9 +100,8 @@ class StateHandle:
     """What a write needs to know about what was read."""
 
     state_document: BlockDocument | None
-    history_document: BlockDocument | None
-    history_loaded: bool
-    persisted: set[int] = field(default_factory=set)  # id() of the history entries already stored
+    legacy_document: BlockDocument | None = None  # a 0.2 history document, deleted once moved
+    entry_type_registered: bool = False
 
 
 async def _read_document(client: PrefectClient, name: str, slug: str) -> BlockDocument | None:
@@ -86,53 +113,192 @@ async def _read_document(client: PrefectClient, name: str, slug: str) -> BlockDo
 
 async def read_state(client: PrefectClient, environment: str, history: bool = True
                      ) -> tuple[EnvironmentState, StateHandle | None]:
-    """The recorded state, with its history only if asked for, and a handle to write it back
-    (None if the environment was never recorded)."""
+    """The recorded state with its index, with every stored entry too if `history`, and a handle to
+    write it back (None if the environment was never recorded)."""
     name = state_block_name(environment)
     document = await _read_document(client, name, STATE_BLOCK_TYPE)
-    data = (document.data or {}) if document else {}
-    legacy = document is not None and "state_json" not in data
     if document is None:
-        state = EnvironmentState(environment=environment)
-    elif legacy:  # the first format kept everything, history included, as one nested dict
+        return EnvironmentState(environment=environment), None
+    data = document.data or {}
+    handle = StateHandle(document)
+    if "state_json" not in data:  # 0.1: everything, history included, as one nested dict
         state = EnvironmentState.model_validate({**(data.get("state") or {}), "environment": environment})
-    else:
-        state = EnvironmentState.model_validate_json(data["state_json"]).model_copy(update={"environment": environment})
-    history_document = None
-    if history and not legacy:
-        history_document = await _read_document(client, name, HISTORY_BLOCK_TYPE)
-        if history_document is not None:
-            state.history = _HISTORY.validate_json((history_document.data or {}).get("history_json") or "[]")
-    # a legacy document carries its history inline: it is loaded either way
-    handle = StateHandle(document, history_document, history_loaded=history or legacy,
-                         persisted={id(h) for h in state.history})
-    return state, handle if document is not None else None
+        _index_loaded_legacy(state)
+        return state, handle
+    state = EnvironmentState.model_validate_json(data["state_json"]).model_copy(update={"environment": environment})
+    if data.get("history_format") != HISTORY_FORMAT:  # 0.2: the history in a document of its own
+        handle.legacy_document = await _read_document(client, name, LEGACY_HISTORY_BLOCK_TYPE)
+        if handle.legacy_document is not None:
+            state.history = _HISTORY.validate_json((handle.legacy_document.data or {}).get("history_json") or "[]")
+        _index_loaded_legacy(state)
+    elif history:
+        state.history = await read_history(client, state, len(state.history_index) + 1)
+    return state, handle
+
+
+def _index_loaded_legacy(state: EnvironmentState) -> None:
+    """An earlier format's entries, loaded whole: unstored (seq None) until the first write stores them."""
+    for entry in state.history:
+        entry.seq = None
+    state.history_index = [HistorySummary.of(h) for h in state.history]
+
+
+async def read_history(client: PrefectClient, state: EnvironmentState, count: int) -> list[HistoryEntry]:
+    """The newest `count` entries of the history, whole, newest first. An entry a killed run stored
+    without indexing it is indexed now (in `state`; stored with the state's next write)."""
+    await _index_unindexed(client, state)
+    loaded = {h.seq: h for h in state.history if h.seq is not None}
+    wanted = [s.seq for s in state.history_index[:count] if s.seq is not None and s.seq not in loaded]
+    limiter = asyncio.Semaphore(_READS_IN_FLIGHT)
+
+    async def read(seq: int) -> HistoryEntry | None:
+        async with limiter:
+            document = await _read_document(client, entry_block_name(state.environment, seq), ENTRY_BLOCK_TYPE)
+        return None if document is None else _entry_of(document)
+
+    for entry in await asyncio.gather(*(read(seq) for seq in wanted)):
+        if entry is not None and entry.seq is not None:
+            loaded[entry.seq] = entry
+    out = []
+    for summary in state.history_index[:count]:
+        found = loaded.get(summary.seq) if summary.seq is not None else _unstored(state, summary)
+        if found is None:
+            raise PermanentError(
+                f"the history entry {entry_block_name(state.environment, summary.seq or 0)} of "
+                f"{state.environment!r} ({summary.revision[:12]}, {summary.outcome}) is indexed but its "
+                f"{ENTRY_BLOCK_TYPE} block document is missing (deleted by hand?)")
+        out.append(found)
+    return out
+
+
+def _unstored(state: EnvironmentState, summary: HistorySummary) -> HistoryEntry | None:
+    return next((h for h in state.history if h.seq is None and HistorySummary.of(h) == summary), None)
+
+
+def _entry_of(document: BlockDocument) -> HistoryEntry:
+    entry = HistoryEntry.model_validate_json((document.data or {}).get("entry_json") or "{}")
+    entry.seq = int((document.data or {}).get("seq") or 0)
+    return entry
+
+
+def _same_entry(a: HistoryEntry, b: HistoryEntry) -> bool:
+    return (a.revision, a.outcome, a.started_at, a.finished_at, a.flow_run_id) == (
+        b.revision, b.outcome, b.started_at, b.finished_at, b.flow_run_id)
+
+
+async def _index_unindexed(client: PrefectClient, state: EnvironmentState) -> int:
+    """Index the entries stored after the newest indexed one (by a run killed before its state write,
+    or by this run's write whose answer was lost); returns the next free sequence number."""
+    seq = max((s.seq for s in state.history_index if s.seq is not None), default=0) + 1
+    while (document := await _read_document(client, entry_block_name(state.environment, seq),
+                                            ENTRY_BLOCK_TYPE)) is not None:
+        stored = _entry_of(document)
+        mine = next((h for h in state.history if h.seq is None and _same_entry(h, stored)), None)
+        if mine is not None:
+            mine.seq = seq
+            _renumber(state, mine)
+        else:  # older than every entry not yet stored: it goes after them
+            unstored = sum(1 for s in state.history_index if s.seq is None)
+            state.history_index.insert(unstored, HistorySummary.of(stored))
+            state.history.insert(sum(1 for h in state.history if h.seq is None), stored)
+        seq += 1
+    return seq
+
+
+def _renumber(state: EnvironmentState, entry: HistoryEntry) -> None:
+    for i, summary in enumerate(state.history_index):
+        if summary.seq is None and summary == HistorySummary.of(entry.model_copy(update={"seq": None})):
+            state.history_index[i] = HistorySummary.of(entry)
+            return
 
 
 async def write_state(client: PrefectClient, state: EnvironmentState, handle: StateHandle | None) -> StateHandle:
-    handle = handle or StateHandle(None, None, history_loaded=False)
-    name = state_block_name(state.environment)
-    new = [h for h in state.history if id(h) not in handle.persisted]
-    if handle.history_loaded and (new or len(state.history) != len(handle.persisted)):
-        entries = state.history
-    elif new:  # the stored history was not read: put the new entries in front of it
-        stored = handle.history_document or await _read_document(client, name, HISTORY_BLOCK_TYPE)
-        entries = new + (_HISTORY.validate_json(stored.data.get("history_json") or "[]") if stored else [])
-    else:
-        entries = None
-    if entries is not None:
-        history_json = _HISTORY.dump_json(entries[:HISTORY_LIMIT]).decode()
-        handle.history_document = await _save(client, name, handle.history_document, GitOpsEnvironmentHistory(
-            environment=state.environment, history_json=history_json))
-        handle.persisted = {id(h) for h in state.history}
+    handle = handle or StateHandle(None)
+    await _store_new_entries(client, state, handle)
+    if handle.state_document is not None and (left := (handle.state_document.data or {}).get("history_pruning")):
+        await _delete_entries(client, state.environment, set(left))  # an earlier write's, off the index already
+    pruning = [s.seq for s in state.history_index[HISTORY_LIMIT:] if s.seq is not None]
+    del state.history_index[HISTORY_LIMIT:]
     condition = state.condition
-    handle.state_document = await _save(client, name, handle.state_document, GitOpsEnvironmentState(
+    handle.state_document = await _save(client, state_block_name(state.environment), handle.state_document,
+                                        GitOpsEnvironmentState(
         environment=state.environment, last_applied_revision=state.last_applied_revision,
         last_attempted_revision=state.last_attempted_revision,
         condition=f"{'Ready' if condition.ready else 'NotReady'} {condition.reason}: {condition.message}"[:500]
         if condition else None,
-        state_json=state.model_dump_json(exclude={"history"})))
+        state_json=state.model_dump_json(exclude={"history"}), history_pruning=sorted(set(pruning))))
+    if pruning:
+        await _delete_entries(client, state.environment, set(pruning))
+        (handle.state_document.data or {})["history_pruning"] = []  # gone: the next write stops listing them
+    if handle.legacy_document is not None:  # moved: the 0.2 history document goes
+        await _delete_document(client, handle.legacy_document.id)
+        handle.legacy_document = None
     return handle
+
+
+async def _store_new_entries(client: PrefectClient, state: EnvironmentState, handle: StateHandle) -> None:
+    """Store every entry not stored yet (added by this run, or loaded from an earlier format), oldest first."""
+    if not any(h.seq is None for h in state.history):
+        return
+    seq = await _index_unindexed(client, state)
+    for entry in reversed([h for h in state.history if h.seq is None]):
+        await _create_entry(client, handle, state.environment, entry.model_copy(update={"seq": seq}))
+        entry.seq = seq
+        _renumber(state, entry)
+        seq += 1
+
+
+async def _create_entry(client: PrefectClient, handle: StateHandle, environment: str, entry: HistoryEntry) -> None:
+    assert entry.seq is not None
+    block = GitOpsHistoryEntry(environment=environment, seq=entry.seq, revision=entry.revision,
+                               outcome=entry.outcome, entry_json=entry.model_dump_json(exclude={"seq"}))
+    if not handle.entry_type_registered:
+        await register_block_type(client, block)
+        handle.entry_type_registered = True
+    name = entry_block_name(environment, entry.seq)
+    create = BlockDocumentCreate(name=name, data=block.model_dump(mode="json", exclude={"block_type_slug"}),
+                                 block_schema_id=GitOpsHistoryEntry._block_schema_id,
+                                 block_type_id=GitOpsHistoryEntry._block_type_id)
+    try:
+        await client.create_block_document(create)
+    except ObjectAlreadyExists:  # this write, retried after its answer was lost: the same entry again
+        existing = await client.read_block_document_by_name(name=name, block_type_slug=ENTRY_BLOCK_TYPE)
+        await client.update_block_document(existing.id, BlockDocumentUpdate(
+            block_schema_id=GitOpsHistoryEntry._block_schema_id, data=create.data, merge_existing_data=False))
+
+
+async def _delete_entries(client: PrefectClient, environment: str, seqs: set[int]) -> None:
+    for seq in sorted(seqs):
+        document = await _read_document(client, entry_block_name(environment, seq), ENTRY_BLOCK_TYPE)
+        if document is not None:
+            await _delete_document(client, document.id)
+
+
+async def _delete_document(client: PrefectClient, document_id: UUID) -> None:
+    try:
+        await client.delete_block_document(document_id)
+    except ObjectNotFound:
+        pass  # deleted already (a retried write, or a run before this one)
+
+
+async def record_documents(client: PrefectClient, environment: str) -> list[BlockDocument]:
+    """Every block document of an environment's record: its state, its history entries (indexed, stored
+    but not indexed, or being deleted) and an earlier format's history document."""
+    state, handle = await read_state(client, environment, history=False)
+    if handle is None or handle.state_document is None:
+        return []
+    await _index_unindexed(client, state)
+    seqs = {s.seq for s in state.history_index if s.seq is not None}
+    seqs |= set((handle.state_document.data or {}).get("history_pruning") or [])
+    entries = [await _read_document(client, entry_block_name(environment, seq), ENTRY_BLOCK_TYPE)
+               for seq in sorted(seqs)]
+    return [d for d in [handle.state_document, handle.legacy_document, *entries] if d is not None]
+
+
+async def delete_record(client: PrefectClient, environment: str) -> None:
+    """Delete an environment's whole record (as an operator retiring the environment would)."""
+    for document in await record_documents(client, environment):
+        await _delete_document(client, document.id)
 
 
 async def _save(client: PrefectClient, name: str, document: BlockDocument | None, block: Block) -> BlockDocument:
