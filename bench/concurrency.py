@@ -35,7 +35,7 @@ sys.path.insert(0, str(BENCH))
 
 from proxy import CountingProxy  # noqa: E402
 from run import (  # noqa: E402
-    ENV, POOL_IMAGE_POOLS, PY, Measured, Repo, create_objects, environment_file, log, machine, pool_of)
+    ENV, PY, Measured, Repo, apply_writes, create_objects, environment_file, log, machine)
 
 from prefect_gitops.local_server import free_port, running_server, server_env  # noqa: E402
 from prefect_gitops.production_server import running_production_server  # noqa: E402
@@ -86,7 +86,7 @@ def apply(workdir: Path, proxy: CountingProxy, client_env: dict[str, str], repo:
 
 def measure_backend(name: str, n: int, levels: list[int], reps: int, workdir: Path) -> list[dict]:
     runs: list[dict] = []
-    n_writes = len(POOL_IMAGE_POOLS) + sum(1 for i in range(n) if pool_of(i) not in POOL_IMAGE_POOLS)
+    n_writes = apply_writes(n)
     with backend(name, workdir) as (endpoint, client_env):
         port = int(endpoint.url.rsplit(":", 1)[1].split("/", 1)[0])
         proxy = CountingProxy("127.0.0.1", port).start()

@@ -9,6 +9,9 @@ same bounded concurrency (prefect_gitops.adapters.prefect_api.bounded_gather).
       loop of PATCH requests: each listed pool's base job template with image default
       IMAGE, and every deployment of the other pools with job_variables.image = IMAGE
       (the same bodies prefect-gitops writes for "a new image for all N").
+  floor.py patch --image IMAGE --pools <every pool> --every-deployment --key bench_floor
+      the first apply's floor: every pool's template and every deployment written once (the takeover
+      writes each target once), the deployments' value under a key nothing manages.
   floor.py read
       times one paginated read of all deployments, 200 per page, unfiltered.
 
@@ -43,6 +46,8 @@ async def main() -> None:
     parser.add_argument("--image", default="registry.example.com/flows:floor")
     parser.add_argument("--pools", default="", help="pools whose image default is written")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--every-deployment", action="store_true", help="write the written pools' deployments too")
+    parser.add_argument("--key", default="image", help="the job variable written in each deployment")
     args = parser.parse_args()
 
     from prefect import get_client
@@ -70,7 +75,7 @@ async def main() -> None:
         pools_to_write = [p for p in args.pools.split(",") if p]
         pools = {p.name: p for p in await client.read_work_pools()}
         deployments = [d for d in await _all_deployments(client)
-                       if d.work_pool_name in pools and d.work_pool_name not in pools_to_write
+                       if d.work_pool_name in pools and (args.every_deployment or d.work_pool_name not in pools_to_write)
                        and pools[d.work_pool_name].type == "kubernetes"]
         jobs = []
         for name in pools_to_write:
@@ -81,7 +86,7 @@ async def main() -> None:
                 return client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
             jobs.append(write_pool)
         for d in deployments:
-            variables = {**(d.job_variables or {}), "image": args.image}
+            variables = {**(d.job_variables or {}), args.key: args.image}
 
             def write_deployment(d=d, variables=variables):
                 return client.update_deployment(d.id, DeploymentUpdate(job_variables=variables))

@@ -254,7 +254,7 @@ def server_records(since: datetime, environments: list[str]) -> str:
                                                 FlowRunFilterStartTime, LogFilter, LogFilterTimestamp,
                                                 TaskRunFilter, TaskRunFilterFlowRunId)
 
-    from prefect_gitops.adapters.state_store import record_documents
+    from prefect_gitops.adapters.state_store import record_documents, unpacked
 
     async def read(client) -> list[str]:
         runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
@@ -272,7 +272,8 @@ def server_records(since: datetime, environments: list[str]) -> str:
             offset += len(page)
         out += [d.model_dump_json() for d in await client.read_block_documents(include_secrets=False)]
         for env in environments:  # the record, secrets included: it holds none
-            out += [d.model_dump_json() for d in await record_documents(client, env)]
+            # unpacked: a canary inside the packed JSON would not show in the raw document
+            out += [json.dumps(unpacked(d), default=str) for d in await record_documents(client, env)]
         return out
 
     import httpx

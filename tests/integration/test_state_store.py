@@ -4,14 +4,13 @@ document per history entry, written when the entry is added and deleted when it 
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 from helpers import _with_client, run, uid
 
 from prefect_gitops.adapters import state_store
 from prefect_gitops.adapters.prefect_api import PrefectAPI
 from prefect_gitops.adapters.state_store import (ENTRY_BLOCK_TYPE, LEGACY_HISTORY_BLOCK_TYPE, entry_block_name,
-                                                 record_documents, state_block_name)
+                                                 record_documents, state_block_name, unpacked)
 from prefect_gitops.plan import Change
 from prefect_gitops.state import HISTORY_LIMIT, Condition, EnvironmentState, HistoryEntry, ManagedKey
 
@@ -26,9 +25,9 @@ def entry(revision: str, minute: int = 0) -> HistoryEntry:
 
 
 def documents(env: str) -> dict:
-    """The record's documents by name: (updated, data)."""
+    """The record's documents by name: (updated, data with the packed JSON unpacked)."""
     found = run(_with_client(lambda client: record_documents(client, env)))
-    return {d.name: (d.updated, d.data) for d in found}
+    return {d.name: (d.updated, unpacked(d)) for d in found}
 
 
 def call(method: str, *args, **kwargs):
@@ -50,10 +49,10 @@ def test_a_write_without_new_history_leaves_the_entries_alone():
     call("write_state", state, None)
     before = documents(env)
     assert set(before) == {state_block_name(env), entry_block_name(env, 1)}
-    stored = json.loads(before[entry_block_name(env, 1)][1]["entry_json"])
+    stored = before[entry_block_name(env, 1)][1]["entry"]
     assert stored["revision"] == "a" * 40 and stored["changes"][0]["new"] == "flows:aaaa"
-    state_json = json.loads(before[state_block_name(env)][1]["state_json"])
-    assert "history" not in state_json and [h["seq"] for h in state_json["history_index"]] == [1]
+    recorded = before[state_block_name(env)][1]["state"]
+    assert "history" not in recorded and [h["seq"] for h in recorded["history_index"]] == [1]
     assert before[state_block_name(env)][1]["last_applied_revision"] == "a" * 40
 
     # a no-op reconcile: reads without history, records a condition
@@ -169,7 +168,7 @@ def test_a_state_in_the_first_format_is_read_and_rewritten_in_the_current_one():
     state.add_history(entry("c" * 40, 1))
     call("write_state", state, handle)
     stored = documents(env)
-    assert "state_json" in stored[state_block_name(env)][1] and "state" not in stored[state_block_name(env)][1]
+    assert stored[state_block_name(env)][1]["state"]["last_applied_revision"] == "b" * 40  # packed: unpacked here
     assert set(stored) == {state_block_name(env), entry_block_name(env, 1), entry_block_name(env, 2)}
     full, _ = call("read_state", env)
     assert [(h.revision[0], h.seq) for h in full.history] == [("c", 2), ("b", 1)]
@@ -212,7 +211,7 @@ def test_a_history_in_the_second_format_is_moved_to_one_document_per_entry():
     call("write_state", state, handle)
     stored = documents(env)
     assert set(stored) == {state_block_name(env)} | {entry_block_name(env, seq) for seq in (1, 2, 3)}
-    assert stored[state_block_name(env)][1]["history_format"] == state_store.HISTORY_FORMAT
+    assert "state_json" not in stored[state_block_name(env)][1]
     full, _ = call("read_state", env)
     assert [(h.revision, h.seq) for h in full.history] == [(e.revision, 3 - i) for i, e in enumerate(entries)]
     assert [h.changes for h in full.history] == [e.changes for e in entries]

@@ -137,7 +137,7 @@ def server_record(plane: ControlPlane) -> dict:
     from prefect.exceptions import ObjectNotFound
 
     from prefect_gitops.adapters.locks import environment_limit
-    from prefect_gitops.adapters.state_store import record_documents
+    from prefect_gitops.adapters.state_store import record_documents, unpacked
 
     record: dict = {}
     with sync_client() as client:
@@ -151,7 +151,7 @@ def server_record(plane: ControlPlane) -> dict:
         with ThreadPoolExecutor(1) as thread:
             documents = thread.submit(run, _with_client(lambda c: record_documents(c, plane.env))).result()
         for document in documents:
-            record[document.name] = (str(document.id), str(document.block_schema_id), document.data)
+            record[document.name] = (str(document.id), str(document.block_schema_id), unpacked(document))
         try:
             limit = client.read_global_concurrency_limit_by_name(environment_limit(plane.env))
             record["lock"] = (str(limit.id), limit.limit, limit.active, limit.active_slots)
@@ -303,7 +303,7 @@ def test_custom_run_form_submits_a_dry_run_that_completes(control_plane, page):
     # anything else in the plan is a key an earlier test's qa file had applied (same server, same env),
     # in qa's recorded inventory and no longer in Git
     recorded = before.get(f"gitops-{control_plane.env}")
-    inventory = json.loads(recorded[2]["state_json"])["inventory"] if recorded else {}
+    inventory = recorded[2]["state"]["inventory"] if recorded else {}
     others = [row for row in rows if row[1] not in (control_plane.workload, queue)]
     assert all(row[5].endswith("(removed from Git)") and row[2] in inventory.get(f"{row[0]}s", {}).get(row[1], {})
                for row in others), (report, inventory)

@@ -93,9 +93,9 @@ class KillProxy(WriteRecorder):
         if method in ("PATCH", "POST") and BLOCK_DOCUMENT.match(path):
             data = json.loads(body).get("data") or {}
             if data.get("environment") == self.environment:
-                if "state_json" in data:
+                if "state_packed" in data:
                     return "state", "state", None
-                if "entry_json" in data:  # a history entry (adapters/state_store.py)
+                if "entry_packed" in data:  # a history entry (adapters/state_store.py)
                     return "history", "history", None
         return None
 
