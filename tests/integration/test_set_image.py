@@ -145,7 +145,7 @@ def test_set_image_commits_the_image_line_and_the_reconcile_applies_it(world):
 
 def test_racing_pipelines_lose_no_edit(world):
     env, flow, repo = world["env"], world["flow"], world["repo"]
-    world["server"].delay = 0.2  # both clones see the same tip: the second push is refused, then re-applied
+    world["server"].delay = 0.1  # both clones see the same tip: the second push is refused, then re-applied
 
     async def race(*images_and_targets):
         return await asyncio.gather(*(_set_image(environment=env, deployment=target, image=image,
@@ -229,11 +229,11 @@ def test_bad_input_is_refused_with_nothing_pushed(world):
            f"(it names {flow}/app, {flow}/worker); add it to the file first" in done.stdout, done.stdout
     assert repo.rev() == before and repo.pushes() == 0
 
-    # an image that does not parse: refused before the repository is even read
+    # an image that does not parse: refused before the repository is even read (the flow, as a deployment runs it)
     requests = len(world["server"].requests)
-    done = cli("set-image", "--source-block", world["block"], "--env", env, "--work-pool", world["pool"],
-               "--image", "Reg.example.com/Base:2", "--output", "json", check_codes=(1,))
-    report = json.loads(done.stdout)
+    state, report = set_image(environment=env, work_pool=world["pool"], image="Reg.example.com/Base:2",
+                              source_block=world["block"])
+    assert state.is_failed() and state.message == report["message"]
     assert report["status"] == "failed" and report["message"] == (
         f"work pool {world['pool']} in {env}: image 'Reg.example.com/Base:2': the repository name must be "
         "lowercase, got 'Base'; nothing was written")
