@@ -231,8 +231,13 @@ async def set_image(
     write = ImageWrite(environment=environment, target_type="deployment" if deployment else "work_pool",
                        target=deployment or work_pool or "", image=image)
     try:
+        from prefect_gitops.adapters.policy_store import read_policy
+
+        async with get_client() as client:  # the GitOps Policy block the reconcile checks, if there is one
+            policy = await read_policy(client, None)
         result = await write_back(source, [write], branch=branch, folder=path, merge_request=merge_request,
-                                  message=message or "", gitlab=_merge_request_api(block, source) if merge_request else None)
+                                  message=message or "", policy=policy,
+                                  gitlab=_merge_request_api(block, source) if merge_request else None)
     except GitOpsError as exc:
         return _set_image_failed(environment, str(exc), exc)
     written = result.writes[0]
@@ -261,18 +266,12 @@ def _set_image_failed(environment: str, message: str, exc: Exception | None = No
 
 
 def _merge_request_api(block: GitOpsSource | None, source: GitSource) -> MergeRequestApi | None:
-    """The GitLab API a merge request is opened through: the block's GitLab instance and project (else the
-    repository URL's), with the token the source pushes with (None: there is no token)."""
-    from prefect_gitops.adapters.gitlab import _instance_url, _project_path
-    from prefect_gitops.adapters.image_write_back import MergeRequestApi
+    """The block's GitLab instance and project when it names them, else the repository URL's."""
+    from prefect_gitops.adapters.image_write_back import merge_request_api
 
-    token = source.runner.credentials.token if source.runner.credentials is not None else None
     creds = block.gitlab_credentials if block is not None else None
-    api_url = (creds.url if creds is not None and creds.url else None) or _instance_url(source.url)
-    project = (block.gitlab_project if block is not None and block.gitlab_project else None) or _project_path(source.url)
-    if token is None or not api_url or not project:
-        return None
-    return MergeRequestApi(api_url=api_url, token=token, project=project)
+    return merge_request_api(source, api_url=creds.url if creds is not None else None,
+                             project=block.gitlab_project if block is not None else None)
 
 
 SMOKE_CONCURRENCY = 4

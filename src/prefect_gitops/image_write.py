@@ -19,7 +19,9 @@ from prefect_gitops.errors import ConfigError, ConfigProblem, PermanentError
 from prefect_gitops.image_ref import describe, reference_problem
 from prefect_gitops.loader import LoadedEnvironment, environment_file_path, parse_environment
 from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN, EnvironmentFile
+from prefect_gitops.policy import Policy, check_policy
 from prefect_gitops.smoke import resolve
+from prefect_gitops.targets import ActualState
 from prefect_gitops.yaml_edit import set_images
 
 ImageTargetType = Literal["work_pool", "deployment"]  # the kinds of target that run an image
@@ -116,11 +118,14 @@ def file_of(folder: str, environment: str) -> str:
     return environment_file_path(folder, environment)
 
 
-def edit_file(text: str, file: str, writes: list[ImageWrite]) -> tuple[str, dict[tuple[str, str], str | None]]:
+def edit_file(text: str, file: str, writes: list[ImageWrite], policy: Policy | None = None
+              ) -> tuple[str, dict[tuple[str, str], str | None]]:
     """(the new text, each target's image before the edit) for writes of one environment.
 
     The file must load before the edit (a broken file is not made worse silently) and still load after
-    it; every target must be one the file names. Raises ConfigError naming the file, line and key."""
+    it; every target must be one the file names; with `policy` (the GitOps Policy block), each new image
+    must pass its rules for all targets and, for a work pool, the pool's own (a deployment's pool is known
+    on the server only: the reconcile checks those). Raises ConfigError naming the file, line and key."""
     environments = {w.environment for w in writes}
     if len(environments) != 1:
         raise PermanentError(f"edit_file takes the writes of one environment, got {sorted(environments)}")
@@ -145,7 +150,12 @@ def edit_file(text: str, file: str, writes: list[ImageWrite]) -> tuple[str, dict
     updates = {w.key: w.image for w in writes if olds[w.key] != w.image}
     new = set_images(text, updates) if updates else text
     if new != text:
-        parse_environment(new, file=file, name=environment)  # as the next reconcile will load it
+        edited = parse_environment(new, file=file, name=environment)  # as the next reconcile will load it
+        written = {(*w.key, "job_variables", "image") for w in writes}
+        refused = [edited.problem(p.path, p.message) for p in check_policy(policy, environment, edited.spec, ActualState())
+                   if p.path in written]
+        if refused:
+            raise ConfigError(refused)
     return new, olds
 
 

@@ -82,6 +82,25 @@ def test_a_file_that_does_not_load_is_refused_with_its_line():
     assert caught.value.problems[0].line == 15
 
 
+def test_an_image_the_gitops_policy_refuses_is_refused_where_the_reconcile_would():
+    from prefect_gitops.policy import Policy
+
+    policy = Policy.model_validate({"all_targets": {"allowed_images": ["reg.example.com/"]},
+                                    "work_pools": {"k8s-*": {"require_digest_in": ["qa"]}}})
+    with pytest.raises(ConfigError) as caught:
+        edit_file(QA, FILE, [w("etl/daily", "evil.example.com/etl:1.1")], policy)
+    [problem] = caught.value.problems
+    assert (problem.file, problem.line, problem.key) == (FILE, 9, "deployments.etl/daily.job_variables.image")
+    assert problem.message.startswith("image 'evil.example.com/etl:1.1' (evil.example.com/etl:1.1) is not from a "
+                                      "registry the GitOps policy allows (reg.example.com/)")
+    with pytest.raises(ConfigError, match="is not pinned by digest"):  # the pool's own rules
+        edit_file(QA, FILE, [w("k8s-qa", "reg.example.com/base:2", "work_pool")], policy)
+    digest = "reg.example.com/base@sha256:" + "a" * 64
+    assert digest in edit_file(QA, FILE, [w("k8s-qa", digest, "work_pool")], policy)[0]
+    # what the file already had is the reconcile's business, not a reason to refuse this write
+    assert edit_file(QA, FILE, [w("etl/daily", "reg.example.com/etl:1.1")], policy)[1]
+
+
 @pytest.mark.parametrize("image, fragment", [
     ("Reg.example.com/ETL:1", "the repository name must be lowercase, got 'ETL'"),
     ("reg.example.com/etl:", "the tag after ':' is empty"),

@@ -35,6 +35,7 @@ from prefect_gitops.image_write import (
     merge_request_description,
     merge_request_title,
 )
+from prefect_gitops.policy import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +52,39 @@ class MergeRequestApi:
         return f"MergeRequestApi({self.api_url!r}, project={self.project!r})"
 
 
+def merge_request_api(source: GitSource, *, api_url: str | None = None,
+                      project: str | None = None) -> MergeRequestApi | None:
+    """The GitLab API a merge request for `source` is opened through: `api_url` (else the repository's
+    instance, https://host), `project` (else the repository URL's path), with the token the source pushes
+    with (a GitLab access token has api scope; a deploy token has not, and GitLab will say so). None when
+    the source has no token."""
+    from prefect_gitops.adapters.gitlab import _instance_url, _project_path
+
+    credentials = source.runner.credentials
+    token = credentials.token if credentials is not None else None
+    api_url = api_url or _instance_url(source.url)
+    project = project or _project_path(source.url)
+    if token is None or not api_url or not project:
+        return None
+    return MergeRequestApi(api_url=api_url, token=token, project=project)
+
+
 async def write_back(source: GitSource, writes: list[ImageWrite], *, branch: str, folder: str,
                      merge_request: bool = False, message: str = "", gitlab: MergeRequestApi | None = None,
-                     emit_events: bool = True) -> WriteBackResult:
+                     policy: Policy | None = None, emit_events: bool = True) -> WriteBackResult:
     """Write `writes` into `<folder>/<environment>.yaml` of `source`'s `branch`, as commits on `branch`
     or (`merge_request`) as merge requests into it. Raises PermanentError/ConfigError (nothing pushed)
     for bad input: an image that does not parse, a target the file does not name, a file that would
-    not load; TransientError when git or GitLab could not be reached."""
+    not load, an image `policy` (the GitOps Policy block) refuses; TransientError when git or GitLab could
+    not be reached. `gitlab` None: `merge_request_api(source)`."""
     check_writes(writes)
+    if merge_request and gitlab is None:
+        gitlab = merge_request_api(source)
     if merge_request and gitlab is None:
         raise PermanentError("a merge request needs the GitLab API: give the GitOps Source block "
                              "gitlab_credentials (a token with api scope); nothing was written")
-    result = await asyncio.to_thread(_write_back, source, writes, branch, folder, merge_request, message, gitlab)
+    result = await asyncio.to_thread(_write_back, source, writes, branch, folder, merge_request, message, gitlab,
+                                     policy)
     if emit_events:
         from prefect_gitops.adapters.events import emit_image_updated
 
@@ -72,7 +94,7 @@ async def write_back(source: GitSource, writes: list[ImageWrite], *, branch: str
 
 
 def _write_back(source: GitSource, writes: list[ImageWrite], branch: str, folder: str, merge_request: bool,
-                message: str, gitlab: MergeRequestApi | None) -> WriteBackResult:
+                message: str, gitlab: MergeRequestApi | None, policy: Policy | None) -> WriteBackResult:
     writer = source.writer()
     result = WriteBackResult()
     ordered = sorted(writes, key=lambda w: (w.environment, w.target_type, w.target))
@@ -81,19 +103,19 @@ def _write_back(source: GitSource, writes: list[ImageWrite], branch: str, folder
         if merge_request:
             assert gitlab is not None
             for w in batch:
-                result.writes.append(_merge_request(writer, w, branch, folder, message, gitlab, result))
+                result.writes.append(_merge_request(writer, w, branch, folder, message, gitlab, policy, result))
         else:
-            result.writes += _commit(writer, batch, branch, folder, message, result)
+            result.writes += _commit(writer, batch, branch, folder, message, policy, result)
     return result
 
 
 def _commit(writer: GitWriter, batch: list[ImageWrite], branch: str, folder: str, message: str,
-            result: WriteBackResult) -> list[WrittenImage]:
+            policy: Policy | None, result: WriteBackResult) -> list[WrittenImage]:
     file = file_of(folder, batch[0].environment)
     seen: list[dict[tuple[str, str], str | None]] = []
 
     def edit(text: str) -> str:  # re-run on the new tip when another pipeline pushed first
-        new, olds = edit_file(text, file, batch)
+        new, olds = edit_file(text, file, batch, policy)
         seen.append(olds)
         return new
 
@@ -111,7 +133,7 @@ def _commit(writer: GitWriter, batch: list[ImageWrite], branch: str, folder: str
 
 
 def _merge_request(writer: GitWriter, w: ImageWrite, branch: str, folder: str, message: str, gitlab: MergeRequestApi,
-                   result: WriteBackResult) -> WrittenImage:
+                   policy: Policy | None, result: WriteBackResult) -> WrittenImage:
     from prefect_gitops.adapters.gitlab import upsert_merge_request
 
     file = file_of(folder, w.environment)
@@ -119,7 +141,7 @@ def _merge_request(writer: GitWriter, w: ImageWrite, branch: str, folder: str, m
     seen: list[tuple[dict[tuple[str, str], str | None], str]] = []
 
     def edit(text: str) -> str:
-        new, olds = edit_file(text, file, [w])
+        new, olds = edit_file(text, file, [w], policy)
         seen.append((olds, new))
         return new
 
