@@ -205,3 +205,35 @@ def test_push_branch_replaces_the_branch_and_leaves_the_base_alone(bare, tmp_pat
     writer.commit_file_update("main", FILE, edit("reg.example.com/etl:1.3"), lambda: "decided late",
                               push_branch="mr/etl")
     assert git("-C", str(bare), "log", "-1", "--format=%s", "mr/etl") == "decided late"
+
+
+def test_write_back_commits_each_environment_file_once(bare, tmp_path, monkeypatch):
+    import asyncio
+
+    from prefect_gitops.adapters.git import GitSource
+    from prefect_gitops.adapters.image_write_back import write_back
+
+    monkeypatch.setenv("PREFECT_GITOPS_CACHE_DIR", str(tmp_path / "cache"))
+    seed = tmp_path / "prod-seed"
+    git("clone", "-q", str(bare), str(seed))
+    (seed / "environments" / "prod.yaml").write_text(QA.replace("# qa", "# prod"))
+    git("-C", str(seed), "add", "-A")
+    git("-C", str(seed), "commit", "-q", "-m", "prod")
+    git("-C", str(seed), "push", "-q", "origin", "main")
+    base = git("-C", str(bare), "rev-parse", "main")
+
+    result = asyncio.run(write_back(GitSource(bare.as_uri()), [
+        w("etl/daily", "reg.example.com/etl:1.1", environment="prod"), w("etl/daily", "reg.example.com/etl:1.1"),
+        w("etl/hourly", "reg.example.com/etl:1.1"), w("k8s-qa", "reg.example.com/base:1", "work_pool")],
+        branch="main", folder="environments", message="pipeline 9", emit_events=False))
+
+    assert git("-C", str(bare), "rev-list", "--count", f"{base}..main") == "2"  # prod's commit, then qa's
+    assert git("-C", str(bare), "log", "--format=%s", f"{base}..main").splitlines() == [
+        "prefect-gitops: set 2 images in qa", "prefect-gitops: set image of deployment etl/daily in prod"]
+    assert result.revision == git("-C", str(bare), "rev-parse", "main") and result.status == "committed"
+    assert [(x.environment, x.target, x.old, x.outcome) for x in result.writes] == [
+        ("prod", "etl/daily", "reg.example.com/etl:1.0", "committed"),
+        ("qa", "etl/daily", "reg.example.com/etl:1.0", "committed"),
+        ("qa", "etl/hourly", None, "committed"),
+        ("qa", "k8s-qa", "reg.example.com/base:1", "unchanged")]
+    assert result.writes[1].revision == result.revision and result.writes[3].revision is None

@@ -7,8 +7,10 @@ or updates the merge request, and a `prefect-gitops.image.updated` event tells w
 
 Direct commits (the default): one commit per environment file on `branch`, the edit re-applied on the
 new tip when another pipeline pushed first (`GitWriter`), nothing committed when the file already has
-the images. Merge requests: per environment and target, a branch `prefect-gitops/image/<env>/...`
-holding one commit on top of `branch`, replaced by each later image, and one open merge request from it.
+the images. Several environments go one after the other: an error stops there, and what was pushed
+before it keeps its commit and its event. Merge requests: per environment and target, a branch
+`prefect-gitops/image/<env>/...` holding one commit on top of `branch`, replaced by each later image,
+and one open merge request from it.
 """
 
 from __future__ import annotations
@@ -83,20 +85,22 @@ async def write_back(source: GitSource, writes: list[ImageWrite], *, branch: str
     if merge_request and gitlab is None:
         raise PermanentError("a merge request needs the GitLab API: give the GitOps Source block "
                              "gitlab_credentials (a token with api scope); nothing was written")
-    result = await asyncio.to_thread(_write_back, source, writes, branch, folder, merge_request, message, gitlab,
-                                     policy)
-    if emit_events:
-        from prefect_gitops.adapters.events import emit_image_updated
+    result = WriteBackResult()
+    try:  # the environments one after the other: what was pushed before an error is told about too
+        await asyncio.to_thread(_write_back, source, writes, branch, folder, merge_request, message, gitlab,
+                                policy, result)
+    finally:
+        if emit_events:
+            from prefect_gitops.adapters.events import emit_image_updated
 
-        for written in result.changed:
-            emit_image_updated(written, source.display)
+            for written in result.changed:
+                emit_image_updated(written, source.display)
     return result
 
 
 def _write_back(source: GitSource, writes: list[ImageWrite], branch: str, folder: str, merge_request: bool,
-                message: str, gitlab: MergeRequestApi | None, policy: Policy | None) -> WriteBackResult:
+                message: str, gitlab: MergeRequestApi | None, policy: Policy | None, result: WriteBackResult) -> None:
     writer = source.writer()
-    result = WriteBackResult()
     ordered = sorted(writes, key=lambda w: (w.environment, w.target_type, w.target))
     for environment, group in groupby(ordered, key=lambda w: w.environment):
         batch = list(group)
@@ -106,7 +110,6 @@ def _write_back(source: GitSource, writes: list[ImageWrite], branch: str, folder
                 result.writes.append(_merge_request(writer, w, branch, folder, message, gitlab, policy, result))
         else:
             result.writes += _commit(writer, batch, branch, folder, message, policy, result)
-    return result
 
 
 def _commit(writer: GitWriter, batch: list[ImageWrite], branch: str, folder: str, message: str,
@@ -124,12 +127,14 @@ def _commit(writer: GitWriter, batch: list[ImageWrite], branch: str, folder: str
     if sha:
         result.revision = sha
         logger.info("committed %s to %s: %s", sha, branch, ", ".join(w.describe() for w in batch))
-    return [WrittenImage(environment=w.environment, target_type=w.target_type, target=w.target,
-                         old=olds.get(w.key), new=w.image, file=file,
-                         outcome="committed" if sha and olds.get(w.key) != w.image else "unchanged",
-                         revision=sha if sha and olds.get(w.key) != w.image else None,
-                         branch=branch if sha and olds.get(w.key) != w.image else None)
-            for w in batch]
+    out = []
+    for w in batch:
+        written = bool(sha) and olds.get(w.key) != w.image
+        out.append(WrittenImage(environment=w.environment, target_type=w.target_type, target=w.target,
+                                old=olds.get(w.key), new=w.image, file=file,
+                                outcome="committed" if written else "unchanged",
+                                revision=sha if written else None, branch=branch if written else None))
+    return out
 
 
 def _merge_request(writer: GitWriter, w: ImageWrite, branch: str, folder: str, message: str, gitlab: MergeRequestApi,
