@@ -7,12 +7,13 @@ answering 401 with `WWW-Authenticate: Basic realm="GitLab"` otherwise, as
 GitLab does. On the same port it answers the commit-status endpoint
 `POST /api/v4/projects/<id or url-encoded path>/statuses/<sha>` (checking the
 `PRIVATE-TOKEN` header) and `GET /api/v4/projects/<id>`, enough for
-python-gitlab.
+python-gitlab; and the merge request endpoints set-image uses: list a project's merge requests (by
+`source_branch` and `state`), create one, update one (`PUT .../merge_requests/<iid>`).
 
     with GitHttpServer(tmp_path / "srv", token="s3cret") as server:
         url = server.url_for("group/repo")   # http://127.0.0.1:PORT/group/repo.git
         server.api_url                        # http://127.0.0.1:PORT
-        server.requests, server.statuses, server.unhandled
+        server.requests, server.statuses, server.merge_requests, server.unhandled
         server.delay = 2                      # sleep before answering each request
 """
 
@@ -39,6 +40,7 @@ class GitHttpServer:
         self.delay = 0.0
         self.requests: list[dict] = []  # every request: method, path, status, user, authorized
         self.statuses: list[dict] = []  # commit statuses posted: project, sha, body
+        self.merge_requests: list[dict] = []  # as GitLab stores them: iid, source/target branch, title, ...
         self.unhandled: list[str] = []  # API paths the stand-in does not know
         self._lock = threading.Lock()
         self._next_status_id = 1
@@ -94,6 +96,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def do_POST(self):
+        self._dispatch()
+
+    def do_PUT(self):
         self._dispatch()
 
     def _dispatch(self):
@@ -231,6 +236,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "allow_failure": False, "coverage": None, "author": {"username": "stand-in"},
             })
             return
+        if len(segments) >= 3 and segments[0] == "projects" and segments[2] == "merge_requests":
+            self._merge_requests(entry, unquote(segments[1]), segments[3:], body)
+            return
         if self.command == "GET" and len(segments) == 2 and segments[0] == "projects":
             project = unquote(segments[1])
             entry["status"] = 200
@@ -243,3 +251,36 @@ class _Handler(BaseHTTPRequestHandler):
         entry["status"] = 404
         owner._record(entry)
         self._json(404, {"message": "404 Not Found"})
+
+    def _merge_requests(self, entry: dict, project: str, rest: list[str], body: bytes) -> None:
+        owner = self.server_owner
+        data = json.loads(body or b"{}") if "json" in self.headers.get("Content-Type", "") else {
+            k: v[-1] for k, v in parse_qs(body.decode()).items()}
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        status, answer = 404, {"message": "404 Not Found"}
+        with owner._lock:
+            mine = [mr for mr in owner.merge_requests if mr["project_id"] == project]
+            if self.command == "GET" and not rest:
+                status, answer = 200, [mr for mr in mine if all(
+                    mr.get(key) == query[key] for key in ("source_branch", "state", "target_branch") if key in query)]
+            elif self.command == "POST" and not rest:
+                if any(mr["source_branch"] == data.get("source_branch") and mr["state"] == "opened" for mr in mine):
+                    status, answer = 409, {"message": ["Another open merge request already exists for this source branch"]}
+                else:
+                    iid = len(mine) + 1
+                    mr = {"id": 1000 + len(owner.merge_requests), "iid": iid, "project_id": project, "state": "opened",
+                          "web_url": f"{owner.api_url}/project-{project}/-/merge_requests/{iid}", **data}
+                    owner.merge_requests.append(mr)
+                    status, answer = 201, mr
+            elif self.command == "PUT" and len(rest) == 1:
+                for mr in mine:
+                    if str(mr["iid"]) == rest[0]:
+                        mr.update({k: v for k, v in data.items() if k not in ("id", "iid", "project_id", "web_url")})
+                        mr["updates"] = mr.get("updates", 0) + 1
+                        status, answer = 200, mr
+        if status == 404:
+            with owner._lock:
+                owner.unhandled.append(f"{self.command} {self.path}")
+        entry["status"] = status
+        owner._record(entry)
+        self._json(status, answer)

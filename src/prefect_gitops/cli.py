@@ -317,6 +317,40 @@ def promote(source: Optional[str] = typer.Option(None, "--source", help="GitOps 
               branch=ref, path=path)
 
 
+@app.command("set-image")
+def set_image(source: Optional[str] = typer.Option(None, "--source", envvar="PREFECT_GITOPS_SOURCE",
+                                                   help="GitOps repo URL to push to (https, ssh, file:// or a path)."),
+              source_block: Optional[str] = typer.Option(
+                  None, "--source-block", help="A saved GitOps Source block: its URL, ref, folder, and the "
+                                               "credentials the reconcile reads with, to push with."),
+              env: str = ENV,
+              deployment: Optional[str] = typer.Option(None, "--deployment", help='"flow/deployment" as the file names it.'),
+              work_pool: Optional[str] = typer.Option(None, "--work-pool", help="A work pool of the file."),
+              image: str = typer.Option(..., "--image", help="The new image reference."),
+              merge_request: bool = typer.Option(False, "--merge-request",
+                                                 help="Open or update a GitLab merge request instead of committing."),
+              message: Optional[str] = typer.Option(
+                  None, "--message", help="Which pipeline asks, for the commit message (default in GitLab CI: "
+                                          "$CI_PROJECT_PATH pipeline $CI_PIPELINE_URL)."),
+              ref: Optional[str] = typer.Option(None, "--ref", help="Branch to commit to (default: the block's ref, else main)."),
+              path: Optional[str] = typer.Option(None, "--path", help="Folder of the environment files (default: the block's, else environments)."),
+              output: Output = OUTPUT) -> None:
+    """Write IMAGE into ENV's file for one deployment or work pool, as a commit (or a merge request)."""
+    import os
+
+    from prefect_gitops.adapters.url_credentials import hide_credentials
+    from prefect_gitops.flows import set_image as set_image_flow
+
+    if (deployment is None) == (work_pool is None):
+        sys.stderr.write("give exactly one of --deployment NAME or --work-pool NAME\n")
+        raise typer.Exit(1)
+    if message is None and os.environ.get("CI_PIPELINE_URL"):  # GitLab CI's predefined variables
+        message = f"{os.environ.get('CI_PROJECT_PATH', 'CI')} pipeline {os.environ['CI_PIPELINE_URL']}"
+    _run_flow(set_image_flow, output, env, environment=env, image=image, deployment=deployment, work_pool=work_pool,
+              merge_request=merge_request, message=message, source_block=source_block,
+              source_url=hide_credentials(source) if source else None, branch=ref, path=path)
+
+
 EXIT_TIMEOUT = 124  # as timeout(1)
 
 

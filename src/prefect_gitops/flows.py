@@ -23,6 +23,7 @@ from prefect_gitops.rollback import RollbackRequest, rollback as run_rollback
 from prefect_gitops.status import RunEnd, outcome
 
 if TYPE_CHECKING:  # for annotations only: load_block() imports the block types when a block is named
+    from prefect_gitops.adapters.image_write_back import MergeRequestApi
     from prefect_gitops.blocks import GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
 
 
@@ -198,6 +199,79 @@ async def promote(
     return {"status": "promoted" if sha else "in-sync", "environment": to_environment, "revision": sha,
             "message": message, "changes": changes, "applied": len(changes), "errors": [],
             "skipped": [{"target": t, "reason": why} for (_, t), why in sorted(plan.skipped.items())]}
+
+
+@flow(name="gitops-set-image", description="Commit a new image for one deployment or work pool into an "
+                                            "environment's file in the GitOps repo (push mode, for CI).")
+async def set_image(
+    environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "Environment", description="Whose file gets the image: ENVIRONMENT.yaml in the environments folder of the GitOps repo."),
+    image: str = param(..., "Image", description="The new image reference, e.g. registry.example.com/team/etl:1.4.2 or one pinned by @sha256:..."),
+    deployment: str | None = param(None, "Deployment", description='The deployment to set it for, "flow/deployment" as the environment file names it (give this or a work pool).'),
+    work_pool: str | None = param(None, "Work pool", description="The work pool whose default image to set (give this or a deployment)."),
+    merge_request: bool = param(False, "Merge request", description="Open (or update) a GitLab merge request into the branch instead of committing to it."),
+    message: str | None = param(None, "Message", description="Added to the commit message and the merge request: which pipeline asks (e.g. its URL)."),
+    source_block: str | None = param(None, "GitOps Source block", description="Name of a saved GitOps Source block: the repository (and its branch and folder) to write to, with its credentials. The fields below override it when set."),
+    source_url: str | None = param(None, "GitOps repository URL", description="The repository to write to (push access needed)."),
+    branch: str | None = param(None, "Branch", description="Branch to commit to, or the merge request's target (default: the block's ref, else main)."),
+    path: str | None = param(None, "Environments folder", description="Folder of the environment files inside the repo (default: the block's, else environments)."),
+) -> dict[str, Any] | State[Any]:
+    from prefect_gitops.adapters.image_write_back import write_back
+    from prefect_gitops.image_write import ImageWrite
+
+    logger = get_run_logger()
+    block = await load_block("GitOpsSource", source_block) if source_block else None
+    source_url = source_url or (block.url if block else None)
+    branch = branch or (block.ref if block else "main")
+    path = path or (block.path if block else "environments")
+    if not source_url:
+        return _set_image_failed(environment, "give source_url or source_block: which GitOps repo should the image be written to?")
+    if (deployment is None) == (work_pool is None):
+        return _set_image_failed(environment, "give exactly one of deployment or work_pool: whose image is it?")
+    source = git_source(block, source_url)  # push with the credentials the reconcile reads with
+    write = ImageWrite(environment=environment, target_type="deployment" if deployment else "work_pool",
+                       target=deployment or work_pool or "", image=image)
+    try:
+        from prefect_gitops.adapters.policy_store import read_policy
+
+        async with get_client() as client:  # the GitOps Policy block the reconcile checks, if there is one
+            policy = await read_policy(client, None)
+        result = await write_back(source, [write], branch=branch, folder=path, merge_request=merge_request,
+                                  message=message or "", policy=policy,
+                                  gitlab=_merge_request_api(block, source) if merge_request else None)
+    except GitOpsError as exc:
+        return _set_image_failed(environment, str(exc), exc)
+    written = result.writes[0]
+    if written.outcome == "committed":
+        summary = f"committed {written.revision} to {branch}: {write.describe()} {written.old or '(none)'} -> {image}"
+    elif written.outcome == "merge-request":
+        summary = f"merge request {written.merge_request_url}: {write.describe()} {written.old or '(none)'} -> {image}"
+    else:
+        summary = (f"{write.describe()} already runs {image} on {branch}: nothing to commit"
+                 + (f" (merge request {written.merge_request_url})" if written.merge_request_url else ""))
+    logger.info("%s", summary)
+    changes = [{"target_type": w.target_type, "target": w.target, "key": "image", "old": w.old, "new": w.new,
+                "outcome": w.outcome} for w in result.changed]
+    return {"status": result.status, "environment": environment, "revision": result.revision,
+            "merge_request_url": result.merge_request_url, "branch": written.branch, "message": summary,
+            "changes": changes, "applied": len(changes), "errors": []}
+
+
+def _set_image_failed(environment: str, message: str, exc: Exception | None = None) -> State[Any]:
+    from prefect_gitops.errors import ConfigError
+
+    errors = ([p.to_dict() for p in exc.problems] if isinstance(exc, ConfigError) else [{"message": message}])
+    get_run_logger().error("%s", message)
+    return Failed(message=message[:5000], data={"status": "failed", "message": message, "environment": environment,
+                                                "errors": errors, "changes": [], "applied": 0, "revision": None})
+
+
+def _merge_request_api(block: GitOpsSource | None, source: GitSource) -> MergeRequestApi | None:
+    """The block's GitLab instance and project when it names them, else the repository URL's."""
+    from prefect_gitops.adapters.image_write_back import merge_request_api
+
+    creds = block.gitlab_credentials if block is not None else None
+    return merge_request_api(source, api_url=creds.url if creds is not None else None,
+                             project=block.gitlab_project if block is not None else None)
 
 
 SMOKE_CONCURRENCY = 4

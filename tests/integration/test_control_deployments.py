@@ -200,3 +200,32 @@ def test_the_promote_deployment_commits_qa_images_into_prod_file(plane):
                                                                            "image: flows:qa-promoted")
     assert plane.repo.git("log", "-1", "--format=%an%n%B") == (
         f"prefect-gitops\nprefect-gitops: promote qa -> prod\n\nImages as applied in qa at {qa_revision}.")
+
+
+# -- the set-image deployment (push mode: what an application pipeline starts) --------------------------
+
+def test_the_set_image_deployment_commits_an_application_pipelines_image(plane):
+    qa_file = "environments/qa.yaml"
+    head = plane.repo.git("rev-parse", "HEAD")
+    before = plane.repo.git("show", f"HEAD:{qa_file}")
+    old = deployment_image_in(before, plane.workload)
+
+    # as a pipeline starts it: run_deployment with the target, the image and the pipeline's name
+    flow_run = run_control_deployment(plane, "gitops-set-image/set-image", {
+        "environment": "qa", "deployment": plane.workload, "image": "flows:ci-42", "message": "app pipeline 42"})
+    assert flow_run.parameters["source_block"] == "gitops-source"
+
+    # one commit on the block's branch, changing only the workload's image line in qa's file
+    commit = plane.repo.git("rev-parse", "HEAD")
+    assert commit != head and plane.repo.git("rev-parse", "HEAD^") == head
+    assert plane.repo.git("diff", "--name-only", head, commit) == qa_file
+    assert plane.repo.git("show", f"HEAD:{qa_file}") == before.replace(f"image: {old}", "image: flows:ci-42")
+    assert plane.repo.git("log", "-1", "--format=%an%n%B") == (
+        f"prefect-gitops\nprefect-gitops: set image of deployment {plane.workload} in qa\n\n"
+        f"deployment {plane.workload}: {old} -> flows:ci-42\n\napp pipeline 42")
+
+
+def deployment_image_in(text: str, deployment: str) -> str:
+    import yaml
+
+    return yaml.safe_load(text)["deployments"][deployment]["job_variables"]["image"]

@@ -42,9 +42,14 @@ def test_deploy_all_creates_the_control_deployments(control_plane):
     assert rollback.schedules == [] and rollback.entrypoint == "flows/rollback.py:rollback"
     promote = read("gitops-promote/promote")
     assert promote.parameters == {"from_environment": "qa", "to_environment": "prod", "source_block": "gitops-source"}
+    set_image = read("gitops-set-image/set-image")  # started by application pipelines with run_deployment
+    assert set_image.parameters == {"source_block": "gitops-source"} and set_image.schedules == []
+    assert set_image.entrypoint == "flows/set_image.py:set_image"
+    assert set_image.work_queue_name == "prefect-gitops" and set_image.job_variables == {"image": TEST_IMAGE}
 
 
-@pytest.mark.parametrize("name", ["gitops-reconcile/reconcile-qa", "gitops-rollback/rollback", "gitops-promote/promote"])
+@pytest.mark.parametrize("name", ["gitops-reconcile/reconcile-qa", "gitops-rollback/rollback", "gitops-promote/promote",
+                                  "gitops-set-image/set-image"])
 def test_parameter_forms_have_titles_descriptions_enums_and_defaults(control_plane, name):
     schema = read(name).parameter_openapi_schema
     for key, prop in schema["properties"].items():

@@ -9,6 +9,7 @@ from typing import Any
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.events import emit_event
 
+from prefect_gitops.image_write import WrittenImage
 from prefect_gitops.kinds import KINDS, kind
 from prefect_gitops.plan import Change
 from prefect_gitops.report import markdown
@@ -20,6 +21,7 @@ DRIFT_DETECTED = "prefect-gitops.reconcile.drift-detected"
 FAILED = FAILED_EVENT
 SMOKE_TEST_FAILED = "prefect-gitops.smoke-test.failed"
 ROLLBACK = "prefect-gitops.rollback"
+IMAGE_UPDATED = "prefect-gitops.image.updated"
 
 def environment_resource(result: ReconcileResult) -> dict[str, str]:
     return {
@@ -86,6 +88,19 @@ def emit_reconcile_events(result: ReconcileResult) -> list[str]:
                    payload=_payload(result, changes))
         sent.append(run_event)
     return sent
+
+
+def emit_image_updated(written: WrittenImage, repository: str) -> None:
+    """A new image written back into the GitOps repo (a commit, or a merge request to review);
+    `repository` is the source's display URL (no credentials)."""
+    resource = {"prefect.resource.id": f"prefect-gitops.environment.{written.environment}",
+                "prefect.resource.name": written.environment,
+                "prefect-gitops.revision": written.revision or ""}
+    payload = {"environment": written.environment, "target_type": written.target_type, "target": written.target,
+               "old_image": written.old, "new_image": written.new, "outcome": written.outcome,
+               "revision": written.revision, "branch": written.branch, "file": written.file,
+               "merge_request_url": written.merge_request_url, "repository": repository}
+    emit_event(IMAGE_UPDATED, resource, payload=payload)
 
 
 async def publish_artifact(result: ReconcileResult) -> None:

@@ -48,6 +48,7 @@ class GitWriter:
         self.timeout = timeout
         self.author_name = author_name
         self.author_email = author_email
+        self.pushed = False  # whether the last commit_file_update pushed
         # a token that cannot push is a scope problem: say so in "rejected the token" errors
         self.runner = GitRunner(url, credentials=credentials, timeout=timeout, extra_env=extra_env,
                                 scope="write_repository")
@@ -56,13 +57,21 @@ class GitWriter:
     def display(self) -> str:
         return self.runner.display
 
-    def commit_file_update(self, branch: str, path: str, edit: Callable[[str], str], message: str) -> str | None:
+    def commit_file_update(self, branch: str, path: str, edit: Callable[[str], str], message: str | Callable[[], str], *,
+                           push_branch: str | None = None) -> str | None:
         """Apply `edit` to `path` on `branch`, commit and push.
 
         Returns the new commit's full SHA, or None when `edit` changed nothing
         (no commit is made). When the push is rejected because the branch moved,
         the new tip is fetched and `edit` re-applied, PUSH_ATTEMPTS times in all.
+
+        With `push_branch` (a merge request's branch, which prefect-gitops owns), the commit on top
+        of `branch` replaces `push_branch` (a forced push), unless `push_branch` already holds the
+        same files: then nothing is pushed and its tip is returned. `pushed` tells, after each call,
+        whether it pushed. `message` may be a function, called
+        after `edit` (a message that says what the edit found).
         """
+        self.pushed = False
         relative = self._relative(path)
         if self.workdir_root is not None:
             self.workdir_root.mkdir(parents=True, exist_ok=True)
@@ -81,6 +90,8 @@ class GitWriter:
                 sha = self._commit(repo, branch, relative, edit, message)
                 if sha is None:
                     return None
+                if push_branch is not None:
+                    return self._replace_branch(repo, push_branch, sha)
                 try:
                     self._git(["-C", str(repo), "push", "-q", "--no-verify", "origin", f"HEAD:refs/heads/{branch}"],
                               what=f"push to branch {branch!r} of")
@@ -88,10 +99,28 @@ class GitWriter:
                     if _CONFLICT.search(str(exc)):  # someone pushed first: edit their tip instead
                         continue
                     raise
+                self.pushed = True
                 return sha
         raise TransientError(
             f"cannot push to branch {branch!r} of {self.display}: it kept moving; "
             f"gave up after {PUSH_ATTEMPTS} attempts")
+
+    def _replace_branch(self, repo: Path, push_branch: str, sha: str) -> str:
+        remote = f"refs/heads/{push_branch}"
+        listed = self._git(["-C", str(repo), "ls-remote", "origin", remote], what=f"look up branch {push_branch!r} in")
+        if listed.strip():
+            self._git(["-C", str(repo), "fetch", "-q", "--depth", "1", "--no-tags", "origin",
+                       f"+{remote}:refs/remotes/origin/{push_branch}"], what=f"fetch branch {push_branch!r} of")
+            tree = self._git(["-C", str(repo), "rev-parse", f"{sha}^{{tree}}"], what="read the tree of", local=True)
+            theirs = self._git(["-C", str(repo), "rev-parse", f"refs/remotes/origin/{push_branch}^{{tree}}"],
+                               what="read the tree of", local=True)
+            if tree.strip() == theirs.strip():  # already there: no new commit to review
+                return self._git(["-C", str(repo), "rev-parse", f"refs/remotes/origin/{push_branch}"],
+                                 what="read the tip of", local=True).strip()
+        self._git(["-C", str(repo), "push", "-q", "--no-verify", "--force", "origin", f"HEAD:{remote}"],
+                  what=f"push to branch {push_branch!r} of")
+        self.pushed = True
+        return sha
 
     def _relative(self, path: str) -> str:
         parts = Path(path).parts
@@ -99,7 +128,8 @@ class GitWriter:
             raise PermanentError(f"invalid file path {path!r}: give a path inside the repository")
         return Path(path).as_posix()
 
-    def _commit(self, repo: Path, branch: str, path: str, edit: Callable[[str], str], message: str) -> str | None:
+    def _commit(self, repo: Path, branch: str, path: str, edit: Callable[[str], str],
+                message: str | Callable[[], str]) -> str | None:
         file = repo / path
         if not file.resolve().is_relative_to(repo.resolve()) or not file.is_file():
             raise PermanentError(f"{path} does not exist on branch {branch!r} of {self.display}")
@@ -113,6 +143,8 @@ class GitWriter:
             return None
         with open(file, "w", encoding="utf-8", newline="") as handle:
             handle.write(new)
+        if not isinstance(message, str):
+            message = message()
         identity = ["-c", f"user.name={self.author_name}", "-c", f"user.email={self.author_email}",
                     "-c", "commit.gpgsign=false"]
         self._git(["-C", str(repo), "add", "--", path], what=f"stage {path} in a clone of", local=True)

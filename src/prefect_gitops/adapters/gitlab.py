@@ -181,3 +181,55 @@ def report_commit_status(api_url: str, token: SecretStr, project: str | int, sha
         with contextlib.suppress(Exception):
             client.session.close()
     logger.info("reported commit status %s on %s", state, where)
+
+
+def upsert_merge_request(api_url: str, token: SecretStr, project: str | int, *, source_branch: str,
+                         target_branch: str, title: str, description: str, timeout: float = 10) -> tuple[str, bool]:
+    """Open a merge request from `source_branch` into `target_branch`, or update the open one from
+    `source_branch` (title, description, target): never two. Returns (its web URL, whether it was created).
+
+    Errors as `report_commit_status`: transient for connection problems, 429 and 5xx, permanent otherwise;
+    messages never contain the token."""
+    import gitlab
+    import requests
+
+    secret = token.get_secret_value() if isinstance(token, SecretStr) else str(token)
+
+    def scrub(text: str) -> str:
+        return text.replace(secret, "***") if secret else text
+
+    base = api_url.rstrip("/").removesuffix("/api/v4")
+    where = f"project {project} on {display_url(base)}"
+    client = gitlab.Gitlab(base, private_token=secret, timeout=timeout)
+    try:
+        found = client.projects.get(project)
+        opened = found.mergerequests.list(source_branch=source_branch, state="opened", get_all=False)
+        if opened:
+            mr = opened[0]
+            mr.title, mr.description, mr.target_branch = title, description, target_branch
+            mr.save()
+            created = False
+        else:
+            mr = found.mergerequests.create({"source_branch": source_branch, "target_branch": target_branch,
+                                             "title": title, "description": description,
+                                             "remove_source_branch": True})
+            created = True
+        url = str(mr.web_url)
+    except gitlab.exceptions.GitlabError as exc:
+        code = exc.response_code
+        detail = scrub(str(exc.error_message or exc))
+        if code in (401, 403):
+            raise PermanentError(f"GitLab rejected the token opening a merge request in {where} "
+                                 f"(HTTP {code}): check the token and its api scope") from None
+        message = f"cannot open or update the merge request from {source_branch} in {where} (HTTP {code}): {detail}"
+        if code is None or code == 429 or code >= 500:
+            raise TransientError(message) from None
+        raise PermanentError(message) from None
+    except requests.exceptions.RequestException as exc:
+        raise TransientError(f"cannot reach GitLab to open a merge request in {where}: "
+                             f"{scrub(type(exc).__name__ + ': ' + str(exc))}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            client.session.close()
+    logger.info("%s merge request %s", "opened" if created else "updated", url)
+    return url, created
