@@ -164,16 +164,16 @@ def parse_range(text: str) -> SemverRange:
 
 def _expand(op: str, parts: tuple[str | None, ...], pre: str | None, token: str) -> list[Bound]:
     wild = [p is None or p in ("x", "X", "*") for p in parts]
-    if any(not w and not p.isdigit() for w, p in zip(wild, parts) if p is not None):  # type: ignore[union-attr]
+    if any(not w and p is not None and not p.isdigit() for w, p in zip(wild, parts)):
         raise ValueError(f"{token!r}: a version part is a number or x")
     fixed = [int(p) for p, w in zip(parts, wild) if not w and p is not None]
     if any(wild[i] and not all(wild[i:]) for i in range(3)):
         raise ValueError(f"{token!r}: only trailing version parts may be x")
     n = len(fixed)  # how many parts are given
-    low = semver.Version(*(fixed + [0] * (3 - n)), prerelease=pre if n == 3 else None)
+    major, minor, patch = (fixed + [0, 0, 0])[:3]
+    low = semver.Version(major, minor, patch, prerelease=pre if n == 3 else None)
     if n == 0:
         return [] if op in ("=", ">=", "<=", "^", "~") else [(">=", semver.Version(0, 0, 0)), ("<", low)]
-    major, minor, patch = (fixed + [0, 0])[:3]
     if op == "^":
         high = (semver.Version(major + 1, 0, 0) if major or n == 1 else
                 semver.Version(0, minor + 1, 0) if minor or n == 2 else semver.Version(0, 0, patch + 1))
