@@ -42,9 +42,14 @@ def test_deploy_all_creates_the_control_deployments(control_plane):
     assert rollback.schedules == [] and rollback.entrypoint == "flows/rollback.py:rollback"
     promote = read("gitops-promote/promote")
     assert promote.parameters == {"from_environment": "qa", "to_environment": "prod", "source_block": "gitops-source"}
+    scan = read("gitops-image-scan/image-scan-qa")
+    assert scan.parameters == {"environment": "qa", "source_block": "gitops-source"}
+    assert [s.schedule.interval.total_seconds() for s in scan.schedules] == [600]
+    assert scan.entrypoint == "flows/image_scan.py:image_scan" and scan.work_queue_name == "prefect-gitops"
 
 
-@pytest.mark.parametrize("name", ["gitops-reconcile/reconcile-qa", "gitops-rollback/rollback", "gitops-promote/promote"])
+@pytest.mark.parametrize("name", ["gitops-reconcile/reconcile-qa", "gitops-rollback/rollback", "gitops-promote/promote",
+                                  "gitops-image-scan/image-scan-qa"])
 def test_parameter_forms_have_titles_descriptions_enums_and_defaults(control_plane, name):
     schema = read(name).parameter_openapi_schema
     for key, prop in schema["properties"].items():
