@@ -72,11 +72,18 @@ class RegistryServer:
             self.process.wait(timeout=10)
             self.log.close()
 
-    def push(self, repository: str, *tags: str) -> dict[str, str]:
-        """Push a small image (one config blob, one layer) under each tag; tag -> manifest digest."""
+    def push(self, repository: str, *tags: str, distinct: bool = True) -> dict[str, str]:
+        """Push a small image (one config blob, one layer) under each tag, a different one per tag
+        (`distinct`) or one image under every tag; tag -> manifest digest."""
         digests = {}
         with httpx.Client(base_url=self.url, auth=self.auth, timeout=10) as http:
             for tag in tags:
+                if not distinct and digests:
+                    done = http.put(f"/v2/{repository}/manifests/{tag}", content=manifest,
+                                    headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+                    assert done.status_code == 201, done.text
+                    digests[tag] = done.headers["Docker-Content-Digest"]
+                    continue
                 config = json.dumps({"architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:00Z",
                                      "config": {"Labels": {"tag": tag}},
                                      "rootfs": {"type": "layers", "diff_ids": []}}).encode()

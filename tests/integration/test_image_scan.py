@@ -33,7 +33,7 @@ def registry(tmp_path_factory):
     server = RegistryServer(tmp_path_factory.mktemp("registry")).start()
     server.digests = server.push("team/app", *APP_TAGS)
     server.push("team/job", *JOB_TAGS)
-    server.push("team/many", *[f"0.{i}.0" for i in range(25)])
+    server.push("team/many", *[f"0.{i}.0" for i in range(25)], distinct=False)
     front = TokenFront(server).start()
     server.front = front
     yield server
