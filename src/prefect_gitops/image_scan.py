@@ -34,14 +34,20 @@ OpenRegistry = Callable[[ImagePolicy], AbstractAsyncContextManager[tuple[TagSour
 
 
 class Written(Protocol):
-    """One write's outcome, as image_write.WrittenImage reports it."""
+    """One write's outcome, as image_write.WrittenImage reports it (read-only: it is a frozen dataclass)."""
 
-    target_type: str
-    target: str
-    new: str
-    outcome: str  # committed / merge-request / unchanged
-    revision: str | None
-    merge_request_url: str | None
+    @property
+    def target_type(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def new(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...  # committed / merge-request / unchanged
+    @property
+    def revision(self) -> str | None: ...
+    @property
+    def merge_request_url(self) -> str | None: ...
 
 
 class WriteBackOutcome(Protocol):

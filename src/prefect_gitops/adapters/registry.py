@@ -187,6 +187,9 @@ class Registry:
         realm = params.get("realm")
         if not realm or not realm.startswith(("https://", "http://")):
             raise RegistryRefused(f"{where}: the registry's Bearer challenge names no token realm")
+        if realm.startswith("http://") and self.base.startswith("https://"):
+            # the credentials go to the realm: never in clear text for a registry reached over TLS
+            raise RegistryRefused(f"{where}: the registry's token realm is plain HTTP; refused to send credentials")
         query = {"service": params.get("service", ""), "scope": params.get("scope", scope)}
         headers = {"Authorization": self._basic_header()} if self._credentials.username is not None else {}
         for attempt in range(1, self._attempts + 1):
