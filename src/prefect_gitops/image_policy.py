@@ -206,8 +206,8 @@ class Selection:
     tag: str | None  # the newest allowed tag; None when nothing qualified
     seen: int  # tags the registry listed
     filtered_out: int  # left out by filter_tags
-    unparseable: int  # matched the filter but do not parse as the policy's kind (or are outside the range)
-    out_of_range: int
+    unparseable: int  # matched the filter but do not parse as the policy's kind (latest for semver)
+    out_of_range: int  # semver tags outside the range (pre-releases too, unless the range names one)
 
 
 class TagSelector:
