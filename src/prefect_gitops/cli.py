@@ -245,24 +245,28 @@ def status(env: str = ENV, output: Output = OUTPUT,
 
     from prefect_gitops.adapters.environment_server import environment_api
     from prefect_gitops.errors import GitOpsError
+    from prefect_gitops.image_status import status_lines
     from prefect_gitops.report import status_text
 
-    async def run() -> tuple[EnvironmentState, Any]:
+    async def run() -> tuple[EnvironmentState, Any, Any]:
+        from prefect_gitops.adapters.image_scan_io import read_scan_status
+
         async with get_client() as client, environment_api(client, env) as api:  # on ENV's own server
             state, handle = await api.read_state(env, history=False)
             if handle is not None:
                 state.history = await api.read_history(state, entries)
-            return state, handle
+            return state, handle, await read_scan_status(client, env)  # the scan's, on the control server
 
     try:
-        state, handle = asyncio.run(run())
+        state, handle, scan = asyncio.run(run())
     except GitOpsError as exc:
         sys.stderr.write(f"{exc}\n")
         raise typer.Exit(EXIT_FAILED)
-    if handle is None:
+    if handle is None and scan is None:
         sys.stderr.write(f"environment {env!r} has never been reconciled on its Prefect server\n")
         raise typer.Exit(1)
-    _emit(state.model_dump(mode="json"), output, status_text(state))
+    report = {**state.model_dump(mode="json"), "image_scan": scan.model_dump(mode="json") if scan else None}
+    _emit(report, output, "\n".join([status_text(state), *status_lines(scan)]))
 
 
 @app.command()

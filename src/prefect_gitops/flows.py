@@ -24,6 +24,7 @@ from prefect_gitops.status import RunEnd, outcome
 
 if TYPE_CHECKING:  # for annotations only: load_block() imports the block types when a block is named
     from prefect_gitops.adapters.image_write_back import MergeRequestApi
+    from prefect_gitops.image_write import ImageWrite, WriteBackResult
     from prefect_gitops.blocks import GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
 
 
@@ -215,7 +216,6 @@ async def set_image(
     branch: str | None = param(None, "Branch", description="Branch to commit to, or the merge request's target (default: the block's ref, else main)."),
     path: str | None = param(None, "Environments folder", description="Folder of the environment files inside the repo (default: the block's, else environments)."),
 ) -> dict[str, Any] | State[Any]:
-    from prefect_gitops.adapters.image_write_back import write_back
     from prefect_gitops.image_write import ImageWrite
 
     logger = get_run_logger()
@@ -231,13 +231,8 @@ async def set_image(
     write = ImageWrite(environment=environment, target_type="deployment" if deployment else "work_pool",
                        target=deployment or work_pool or "", image=image)
     try:
-        from prefect_gitops.adapters.policy_store import read_policy
-
-        async with get_client() as client:  # the GitOps Policy block the reconcile checks, if there is one
-            policy = await read_policy(client, None)
-        result = await write_back(source, [write], branch=branch, folder=path, merge_request=merge_request,
-                                  message=message or "", policy=policy,
-                                  gitlab=_merge_request_api(block, source) if merge_request else None)
+        result = await write_images(block, source, [write], branch=branch, folder=path, merge_request=merge_request,
+                                    message=message or "")
     except GitOpsError as exc:
         return _set_image_failed(environment, str(exc), exc)
     written = result.writes[0]
@@ -263,6 +258,20 @@ def _set_image_failed(environment: str, message: str, exc: Exception | None = No
     get_run_logger().error("%s", message)
     return Failed(message=message[:5000], data={"status": "failed", "message": message, "environment": environment,
                                                 "errors": errors, "changes": [], "applied": 0, "revision": None})
+
+
+async def write_images(block: GitOpsSource | None, source: GitSource, writes: list[ImageWrite], *, branch: str,
+                       folder: str, merge_request: bool, message: str) -> WriteBackResult:
+    """Push mode's and pull mode's write-back: checked against the GitOps Policy block the reconcile
+    checks (if there is one), committed or proposed with the source's credentials."""
+    from prefect_gitops.adapters.image_write_back import write_back
+    from prefect_gitops.adapters.policy_store import read_policy
+
+    async with get_client() as client:
+        policy = await read_policy(client, None)
+    return await write_back(source, writes, branch=branch, folder=folder, merge_request=merge_request,
+                            message=message, policy=policy,
+                            gitlab=_merge_request_api(block, source) if merge_request else None)
 
 
 def _merge_request_api(block: GitOpsSource | None, source: GitSource) -> MergeRequestApi | None:

@@ -21,10 +21,9 @@ from prefect_gitops.loader import LoadedEnvironment, environment_file_path, pars
 from prefect_gitops.model import ENVIRONMENT_NAME_PATTERN, EnvironmentFile
 from prefect_gitops.policy import Policy, check_policy
 from prefect_gitops.smoke import resolve
-from prefect_gitops.targets import ActualState
+from prefect_gitops.targets import ActualState, ImageTargetType
 from prefect_gitops.yaml_edit import set_images
 
-ImageTargetType = Literal["work_pool", "deployment"]  # the kinds of target that run an image
 Outcome = Literal["committed", "merge-request", "unchanged"]
 SECTIONS: dict[ImageTargetType, str] = {"work_pool": "work_pools", "deployment": "deployments"}
 LABELS: dict[ImageTargetType, str] = {"work_pool": "work pool", "deployment": "deployment"}

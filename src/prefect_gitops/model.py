@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
+from prefect_gitops.image_policy import ImagePolicy
 from prefect_gitops.windows import SyncWindow
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -134,6 +135,8 @@ class WorkPoolSpec(_Strict):
     )
     smoke_test: SmokeTestOverride | None = None
     wave: Wave | None = Field(default=None, description="Rollout wave (lower first); wins over rollout.waves selectors.")
+    image_policy: ImagePolicy | None = Field(
+        default=None, description="Pull mode: the gitops-image-scan flow writes the newest allowed tag to job_variables.image.")
     work_queues: dict[WorkQueueName, WorkQueueSpec] = Field(
         default_factory=dict, description="Work queues of this pool: created when missing, kept as declared.")
 
@@ -145,6 +148,8 @@ class DeploymentSpec(_Strict):
     )
     smoke_test: SmokeTestOverride | None = None
     wave: Wave | None = Field(default=None, description="Rollout wave (lower first); wins over rollout.waves selectors.")
+    image_policy: ImagePolicy | None = Field(
+        default=None, description="Pull mode: the gitops-image-scan flow writes the newest allowed tag to job_variables.image.")
 
 
 class WaveSelector(_Strict):

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 # the registered kinds' names (kinds/): the stored records' `target_type`, so it stays a closed set
 TargetType = Literal["work_pool", "deployment", "work_queue"]
+ImageTargetType = Literal["work_pool", "deployment"]  # the kinds of target that run an image
 ABSENT: Any = object()  # a key that is not there (None is a value)
 
 

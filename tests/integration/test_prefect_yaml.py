@@ -46,10 +46,14 @@ def test_deploy_all_creates_the_control_deployments(control_plane):
     assert set_image.parameters == {"source_block": "gitops-source"} and set_image.schedules == []
     assert set_image.entrypoint == "flows/set_image.py:set_image"
     assert set_image.work_queue_name == "prefect-gitops" and set_image.job_variables == {"image": TEST_IMAGE}
+    scan = read("gitops-image-scan/image-scan-qa")
+    assert scan.parameters == {"environment": "qa", "source_block": "gitops-source"}
+    assert [s.schedule.interval.total_seconds() for s in scan.schedules] == [600]
+    assert scan.entrypoint == "flows/image_scan.py:image_scan" and scan.work_queue_name == "prefect-gitops"
 
 
 @pytest.mark.parametrize("name", ["gitops-reconcile/reconcile-qa", "gitops-rollback/rollback", "gitops-promote/promote",
-                                  "gitops-set-image/set-image"])
+                                  "gitops-set-image/set-image", "gitops-image-scan/image-scan-qa"])
 def test_parameter_forms_have_titles_descriptions_enums_and_defaults(control_plane, name):
     schema = read(name).parameter_openapi_schema
     for key, prop in schema["properties"].items():

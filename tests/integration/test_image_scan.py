@@ -1,0 +1,169 @@
+"""Pull mode against a real registry: Debian's docker-registry (CNCF distribution) with htpasswd auth, images
+pushed through the OCI API, a Bearer-token front that also answers 429, and the gitops-image-scan flow on the
+session's Prefect server writing back into a real Git repository.
+
+The registry is started once for the module (tests/registry_server.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from helpers import GitRepo, cli, read_events, run, uid
+from registry_server import PASSWORD, SYNTHETIC, SYNTHETIC_TAGS, USER, RegistryServer, TokenFront, available
+
+from prefect_gitops.adapters.registry import Registry, RegistryCredentials, RegistryError, RegistryRefused
+from prefect_gitops.errors import PermanentError, TransientError
+from prefect_gitops.image_policy import ImagePolicy, TagSelector
+
+pytestmark = pytest.mark.skipif(not available(), reason="docker-registry (Debian package) is not installed")
+
+CREDS = RegistryCredentials(USER, SecretStr(PASSWORD))
+APP_TAGS = ["1.0.0", "1.2.0", "1.10.0", "2.0.0", "2.1.0-rc.1", "latest", "main-abc"]
+JOB_TAGS = ["main-100", "main-99", "main-1000", "feature-7", "main-x"]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    server = RegistryServer(tmp_path_factory.mktemp("registry")).start()
+    server.digests = server.push("team/app", *APP_TAGS)
+    server.push("team/job", *JOB_TAGS)
+    server.push("team/many", *[f"0.{i}.0" for i in range(25)], distinct=False)
+    front = TokenFront(server).start()
+    server.front = front
+    yield server
+    front.stop()
+    server.stop()
+
+
+async def all_pages(registry: Registry, path: str) -> list[list[str]]:
+    return [page async for page in registry.tag_pages(path)]
+
+
+def test_basic_auth_lists_tags_and_reads_digests(registry):
+    async def go():
+        async with Registry(registry.host, CREDS, insecure=True, page_size=10) as r:
+            pages = await all_pages(r, "team/many")
+            digest = await r.digest("team/app", "1.10.0")
+        return pages, digest
+
+    pages, digest = run(go())
+    # Debian's registry (distribution 2.8) answers the whole list at once: one page, no Link
+    assert sorted(t for p in pages for t in p) == sorted(f"0.{i}.0" for i in range(25))
+    assert digest == registry.digests["1.10.0"]
+
+
+def test_refusals_are_permanent_and_keep_the_password_out(registry):
+    async def attempt(host, creds, path="team/app"):
+        async with Registry(host, creds, insecure=True) as r:
+            return await all_pages(r, path)
+
+    for host, creds, says in [
+        (registry.host, None, "needs credentials"),
+        (registry.host, RegistryCredentials(USER, SecretStr("wrong-" + PASSWORD)), r"refused the credentials \(401\)"),
+        (registry.front.host, RegistryCredentials(USER, SecretStr("wrong-" + PASSWORD)), "token service refused"),
+    ]:
+        with pytest.raises(RegistryRefused, match=says) as caught:
+            run(attempt(host, creds))
+        assert isinstance(caught.value, PermanentError) and PASSWORD not in str(caught.value)
+    with pytest.raises(RegistryRefused, match="404"):
+        run(attempt(registry.host, CREDS, "team/nothing-here"))
+
+
+def test_bearer_challenge_link_paging_and_429_retry_after(registry):
+    front = registry.front
+    front.throttle = 1
+
+    async def go():
+        async with Registry(front.host, CREDS, insecure=True, page_size=10) as r:
+            return await all_pages(r, "team/many"), await r.digest("team/app", "1.2.0")
+
+    started = time.monotonic()
+    pages, digest = run(go())
+    assert time.monotonic() - started >= 1.0  # Retry-After: 1 was honoured
+    assert [len(p) for p in pages] == [10, 10, 5]  # three requests, each at most n tags (Link: rel="next")
+    assert sorted(t for p in pages for t in p) == sorted(f"0.{i}.0" for i in range(25))
+    assert digest == registry.digests["1.2.0"]
+    assert front.token_requests[-2:] == [{"service": "test-front", "scope": "repository:team/many:pull"},
+                                         {"service": "test-front", "scope": "repository:team/app:pull"}]
+    front.throttle = 10
+
+    async def gives_up():
+        async with Registry(front.host, CREDS, insecure=True, attempts=2, backoff=0.01) as r:
+            return await all_pages(r, "team/many")
+
+    with pytest.raises(RegistryError, match="429; gave up after 2 attempts") as caught:
+        run(gives_up())
+    assert isinstance(caught.value, TransientError)
+    front.throttle = 0
+
+
+def test_ten_thousand_tags_are_paged_not_loaded_whole(registry):
+    policy = ImagePolicy.model_validate({"repository": f"{registry.front.host}/{SYNTHETIC}",
+                                         "policy": {"semver": {"range": "^9"}}})
+    selector = TagSelector(policy)
+
+    async def go():
+        async with Registry(registry.front.host, CREDS, insecure=True) as r:
+            async for page in r.tag_pages(SYNTHETIC):
+                selector.feed(page)
+
+    registry.front.page_sizes.clear()
+    run(go())
+    chosen = selector.result()
+    assert registry.front.page_sizes == [500] * (SYNTHETIC_TAGS // 500)
+    assert (chosen.tag, chosen.seen, chosen.unparseable) == ("9.999.0", SYNTHETIC_TAGS, SYNTHETIC_TAGS // 100)
+
+
+# -- the flow, end to end -------------------------------------------------------------------------------
+
+def test_the_scan_writes_the_newest_allowed_images_back_and_reports_per_target(registry, tmp_path):
+    from prefect_docker.credentials import DockerRegistryCredentials
+
+    from prefect_gitops.image_scan_flow import image_scan
+
+    env, pool, block = f"scan-{uid()}", f"scan-pool-{uid()}", f"registry-{uid()}"
+    DockerRegistryCredentials(username=USER, password=PASSWORD, registry_url=registry.host).save(block)
+    front = registry.front.host
+    common = {"credentials_block": block, "insecure": True}
+    repo = GitRepo(tmp_path / "gitops")
+    repo.git("config", "receive.denyCurrentBranch", "updateInstead")
+    repo.commit_env(env, yaml.safe_dump({
+        "work_pools": {pool: {
+            "job_variables": {"image": f"{registry.host}/team/app:1.0.0"},
+            "image_policy": {"repository": f"{registry.host}/team/app", "policy": {"semver": {"range": ">=1.0.0 <2"}},
+                             "pin_digest": True, **common}}},
+        "deployments": {
+            "etl/nightly": {  # behind the Bearer front
+                "job_variables": {"image": f"{front}/team/job:main-100"},
+                "image_policy": {"repository": f"{front}/team/job", "policy": {"numerical": {"order": "asc"}},
+                                 "filter_tags": {"pattern": r"^main-(?P<n>\d+)$", "extract": "$n"}, **common}},
+            "etl/missing": {
+                "image_policy": {"repository": f"{registry.host}/team/nothing-here",
+                                 "policy": {"alphabetical": {}}, **common}}},
+    }, sort_keys=False) + "# a comment the write-back keeps\n")
+
+    state = run(image_scan(environment=env, source_url=repo.url, return_state=True))
+    assert state.is_failed() and "etl/missing" in state.message  # one registry failed; the others were written
+    text = (repo.root / "environments" / f"{env}.yaml").read_text()
+    app = f"{registry.host}/team/app:1.10.0@{registry.digests['1.10.0']}"
+    assert f"image: {app}" in text and f"image: {front}/team/job:main-1000" in text
+    assert text.endswith("# a comment the write-back keeps\n")
+    failed = read_events("prefect-gitops.image.scan-failed", env)[0]
+    assert failed["payload"]["target"] == "etl/missing" and failed["payload"]["error_kind"] == "permanent"
+    updated = read_events("prefect-gitops.image.updated", env, count=2)
+    assert {(e["payload"]["target"], e["payload"]["new_image"]) for e in updated} == {
+        (pool, app), ("etl/nightly", f"{front}/team/job:main-1000")}
+
+    # again: now current, the write-back kept from the first scan
+    state = run(image_scan(environment=env, source_url=repo.url, return_state=True))
+    assert state.is_failed() and "1 of 3 target(s) failed" in state.message
+    shown = cli("status", "--env", env, check_codes=(0,)).stdout
+    assert f"work_pool {pool}: semver >=1.0.0 <2, digest pinned" in shown
+    assert "newest tag 1.10.0 of 7 (2 unparseable), scanned" in shown and ": current" in shown
+    assert f"written back: {app} at " in shown
+    assert "newest tag main-1000 of 5 (0 unparseable)" in shown
+    assert "etl/missing: alphabetical asc" in shown and "404" in shown
