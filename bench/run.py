@@ -551,6 +551,8 @@ class Bench:
             self.trigger()
         if not self.args.no_peer:
             self.peer()
+        else:  # the peer's figures of an earlier run, marked as such
+            self.results["peer_measured_at"] = peer_measured_at(Path(self.args.peer_from))
 
     def floor_patch(self, image: str) -> None:
         self.run_floor("floor_patch", "--image", f"{REGISTRY}:{image}", "--pools", ",".join(image_pools(self.n)))
@@ -783,6 +785,8 @@ def peer_figure(results: dict, kind: str) -> tuple[float | None, str]:
     if direct is not None and not any(r["timed_out"] for r in results["runs"].get(kind, [])):
         return direct, "measured"
     earlier = {int(k): v for k, v in (results.get("peer_measured_at") or {}).get(kind, {}).items()}
+    if n in earlier:
+        return earlier[n], "measured in an earlier run (bench/peer.json), not run in this one"
     if 100 in earlier and 1000 in earlier:
         a, b = earlier[100], earlier[1000]
         return a + (b - a) / 900 * (n - 100), (f"extrapolated from its runs at N=100 ({a:.1f} s) and "
@@ -934,7 +938,9 @@ def write_results(path: Path, info: dict, all_results: list[dict], table: str, t
              "- one local Prefect server per N (SQLite, fresh PREFECT_HOME, 127.0.0.1, analytics off), "
              "requests counted by a reverse proxy on 127.0.0.1 in front of it (bench/proxy.py)",
              "", "## Figures", "",
-             f"Medians of {args.reps} runs (the peer at N >= 1000: {args.peer_reps_large} run(s), see below). "
+             f"Medians of {args.reps} runs"
+             + (f" ({getattr(args, 'reps_large', None)} above N = 1,000)" if getattr(args, "reps_large", None) else "")
+             + f" (the peer at N >= 1000: {args.peer_reps_large} run(s), see below). "
              "*Whole process*: `prefect-gitops apply ...` from spawn to exit (run through bench/cli_timed.py, the "
              "same entry point plus a timer). *Flow run*: the reconcile flow run's start to end as recorded by "
              "Prefect (includes the engine's state changes, the artifact and the events). *reconcile()*: the time "
@@ -1001,6 +1007,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100,1000")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps-large", type=int, default=None, help="repetitions above N = 1,000 (default: --reps)")
     parser.add_argument("--peer-timeout", type=float, default=600, help="seconds allowed per peer run")
     parser.add_argument("--peer-reps-large", type=int, default=1, help="peer runs per case at N >= 1000")
     parser.add_argument("--no-peer", action="store_true")
@@ -1034,7 +1041,7 @@ def main() -> None:
         for n in [int(s) for s in args.sizes.split(",") if s]:
             workdir = base / f"n{n}"
             workdir.mkdir()
-            results = Bench(n, args.reps, workdir, port, args).go()
+            results = Bench(n, args.reps_large if n > 1000 and args.reps_large else args.reps, workdir, port, args).go()
             all_results.append(results)
             per = med(results, "peer_change", "wall")
             if per and n >= 100:
@@ -1043,7 +1050,7 @@ def main() -> None:
                    "finished": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}",
                    "minutes": (time.perf_counter() - started) / 60}
             Path(args.output).with_suffix(".json").write_text(json.dumps(
-                {"machine": info, "run": run, "args": {"reps": args.reps, "peer_reps_large": args.peer_reps_large},
+                {"machine": info, "run": run, "args": {"reps": args.reps, "reps_large": args.reps_large, "peer_reps_large": args.peer_reps_large},
                  "results": _raw(all_results)}, indent=1, default=str))
     finally:
         if not args.keep:

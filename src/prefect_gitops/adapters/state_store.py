@@ -39,6 +39,7 @@ import base64
 import json
 import zlib
 from dataclasses import dataclass
+from collections.abc import Coroutine
 from typing import Any
 from uuid import UUID
 
@@ -244,9 +245,9 @@ def _renumber(state: EnvironmentState, entry: HistoryEntry) -> None:
 
 async def write_state(client: PrefectClient, state: EnvironmentState, handle: StateHandle | None) -> StateHandle:
     handle = handle or StateHandle(None)
-    await _store_new_entries(client, state, handle)
-    if handle.state_document is not None and (left := (handle.state_document.data or {}).get("history_pruning")):
-        await _delete_entries(client, state.environment, set(left))  # an earlier write's, off the index already
+    left = set((handle.state_document.data or {}).get("history_pruning") or []) if handle.state_document else set()
+    # independent of each other: what an earlier write left to delete, and the new entries
+    await _together(_delete_entries(client, state.environment, left), _store_new_entries(client, state, handle))
     pruning = [s.seq for s in state.history_index[HISTORY_LIMIT:] if s.seq is not None]
     del state.history_index[HISTORY_LIMIT:]
     condition = state.condition
@@ -270,7 +271,7 @@ async def _store_new_entries(client: PrefectClient, state: EnvironmentState, han
     """Store every entry not stored yet (added by this run, or loaded from an earlier format), oldest first."""
     if not any(h.seq is None for h in state.history):
         return
-    seq = await _index_unindexed(client, state)
+    seq, _ = await _together(_index_unindexed(client, state), _register_entry_type(client, handle))
     for entry in reversed([h for h in state.history if h.seq is None]):
         await _create_entry(client, handle, state.environment, entry.model_copy(update={"seq": seq}))
         entry.seq = seq
@@ -278,13 +279,27 @@ async def _store_new_entries(client: PrefectClient, state: EnvironmentState, han
         seq += 1
 
 
+async def _together(*steps: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run independent steps at once; the first failure is raised as itself (retrying() and api_errors()
+    tell transient from permanent by the exception's type), the other steps cancelled."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(step) for step in steps]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0]  # noqa: B904  (the group's traceback is in its __context__)
+    return [task.result() for task in tasks]
+
+
+async def _register_entry_type(client: PrefectClient, handle: StateHandle) -> None:
+    if not handle.entry_type_registered:
+        await register_block_type(client, GitOpsHistoryEntry())
+        handle.entry_type_registered = True
+
+
 async def _create_entry(client: PrefectClient, handle: StateHandle, environment: str, entry: HistoryEntry) -> None:
     assert entry.seq is not None
     block = GitOpsHistoryEntry(environment=environment, seq=entry.seq, revision=entry.revision,
                                outcome=entry.outcome, entry_packed=pack(entry.model_dump_json(exclude={"seq"})))
-    if not handle.entry_type_registered:
-        await register_block_type(client, block)
-        handle.entry_type_registered = True
     name = entry_block_name(environment, entry.seq)
     create = BlockDocumentCreate(name=name, data=block.model_dump(mode="json", exclude={"block_type_slug"}),
                                  block_schema_id=GitOpsHistoryEntry._block_schema_id,
