@@ -94,6 +94,8 @@ class ImagePolicy(_Strict):
     credentials_block: str | None = Field(
         default=None, description="Name of a prefect-docker DockerRegistryCredentials block (none: anonymous).")
     insecure: bool = Field(default=False, description="Talk plain HTTP to the registry (a local test registry only).")
+    write_back: Literal["commit", "merge-request"] = Field(
+        default="commit", description="Commit the new image to the branch, or open (update) a GitLab merge request.")
 
     @field_validator("repository")
     @classmethod
@@ -112,7 +114,8 @@ class ImagePolicy(_Strict):
                if p.alphabetical else "?")
         if self.filter_tags:
             how += f", tags matching {self.filter_tags.pattern}"
-        return how + (", digest pinned" if self.pin_digest else "")
+        return (how + (", digest pinned" if self.pin_digest else "")
+                + (", as a merge request" if self.write_back == "merge-request" else ""))
 
 
 # -- semver ranges ----------------------------------------------------------------------------------
@@ -322,3 +325,4 @@ class ImageDecision:
     image: str
     previous: str | None
     tag: str
+    merge_request: bool = False  # the policy's write_back: merge-request

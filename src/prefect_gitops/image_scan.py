@@ -135,7 +135,7 @@ async def _scan_one(environment: str, t: PolicyTarget, open_registry: OpenRegist
     if image == t.current:
         return row, None
     decision = ImageDecision(environment=environment, target_type=t.target_type, target=t.target, image=image,
-                             previous=t.current, tag=chosen.tag)
+                             previous=t.current, tag=chosen.tag, merge_request=t.policy.write_back == "merge-request")
     return row.model_copy(update={"outcome": "updated"}), decision
 
 

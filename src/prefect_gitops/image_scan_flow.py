@@ -95,10 +95,18 @@ def image_write_back(source: GitSource, block: GitOpsSource | None, branch: str,
 
     async def write(decisions: list[ImageDecision], message: str) -> WriteBackOutcome:
         from prefect_gitops.flows import write_images
-        from prefect_gitops.image_write import ImageWrite
+        from prefect_gitops.image_write import ImageWrite, WriteBackResult
 
-        writes = [ImageWrite(d.environment, d.target_type, d.target, d.image) for d in decisions]
-        return await write_images(block, source, writes, branch=branch, folder=folder, merge_request=merge_request,
-                                  message=message)
+        combined = WriteBackResult(writes=[], revision=None, merge_request_url=None)
+        for as_merge_request in (False, True):  # a policy's write_back: merge-request, or the flow's parameter
+            group = [ImageWrite(d.environment, d.target_type, d.target, d.image) for d in decisions
+                     if (merge_request or d.merge_request) == as_merge_request]
+            if group:
+                done = await write_images(block, source, group, branch=branch, folder=folder,
+                                          merge_request=as_merge_request, message=message)
+                combined.writes += done.writes
+                combined.revision = done.revision or combined.revision
+                combined.merge_request_url = done.merge_request_url or combined.merge_request_url
+        return combined
 
     return write

@@ -167,3 +167,50 @@ def test_the_scan_writes_the_newest_allowed_images_back_and_reports_per_target(r
     assert f"written back: {app} at " in shown
     assert "newest tag main-1000 of 5 (0 unparseable)" in shown
     assert "etl/missing: alphabetical asc" in shown and "404" in shown
+
+
+def test_a_policy_asking_for_a_merge_request_gets_one_and_the_branch_is_left_alone(registry, tmp_path):
+    """`write_back: merge-request` in the policy: the scan proposes the image through GitLab's API (here the
+    stand-in's merge request endpoints) over real authenticated Git HTTP; the branch itself does not move."""
+    import secrets
+    import subprocess
+
+    from prefect_docker.credentials import DockerRegistryCredentials
+    from prefect_gitlab import GitLabCredentials
+
+    from git_http_server import GitHttpServer
+    from helpers import GIT_ID
+    from prefect_gitops.blocks import GitOpsSource
+    from prefect_gitops.image_scan_flow import image_scan
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *GIT_ID, *args], check=True, capture_output=True, text=True).stdout.strip()
+
+    env, pool, credentials, source = f"scanmr-{uid()}", f"scan-mr-{uid()}", f"registry-{uid()}", f"source-{uid()}"
+    DockerRegistryCredentials(username=USER, password=PASSWORD, registry_url=registry.host).save(credentials)
+    token = "glpat-" + secrets.token_hex(12)
+    with GitHttpServer(tmp_path / "srv", token) as server:
+        bare, seed = tmp_path / "srv" / "platform" / "gitops.git", tmp_path / "seed"
+        git("init", "-q", "--bare", "-b", "main", str(bare))
+        git("clone", "-q", str(bare), str(seed))
+        (seed / "environments").mkdir()
+        (seed / "environments" / f"{env}.yaml").write_text(yaml.safe_dump({"work_pools": {pool: {
+            "job_variables": {"image": f"{registry.host}/team/app:1.0.0"},
+            "image_policy": {"repository": f"{registry.host}/team/app", "policy": {"semver": {"range": "^1.0.0"}},
+                             "write_back": "merge-request", "credentials_block": credentials, "insecure": True}}}}))
+        git("-C", str(seed), "add", "-A")
+        git("-C", str(seed), "commit", "-q", "-m", "seed")
+        git("-C", str(seed), "push", "-q", "origin", "main")
+        main = git("-C", str(bare), "rev-parse", "main")
+        GitOpsSource(url=server.url_for("platform/gitops"), gitlab_project="platform/gitops",
+                     gitlab_credentials=GitLabCredentials(token=token, url=server.api_url)).save(source)
+
+        state = run(image_scan(environment=env, source_block=source, return_state=True))
+        assert state.is_completed(), state.message
+        [mr] = server.merge_requests
+        assert f"`{registry.host}/team/app:1.10.0`" in mr["description"] and mr["target_branch"] == "main"
+        assert git("-C", str(bare), "rev-parse", "main") == main  # proposed, not committed
+        proposed = git("-C", str(bare), "show", f"{mr['source_branch']}:environments/{env}.yaml")
+        assert f"image: {registry.host}/team/app:1.10.0" in proposed
+        shown = cli("status", "--env", env, check_codes=(0,)).stdout
+        assert "as a merge request" in shown and mr["web_url"] in shown
