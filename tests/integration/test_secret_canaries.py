@@ -11,7 +11,8 @@ text, the CLI's stdout/stderr, every file of the Git cache (PREFECT_GITOPS_CACHE
 included), the arguments of every git command (a `git` shim first on PATH records them) and the
 command line of every process on the machine, sampled every 20 ms while the commands run (git's own
 helpers such as git-remote-http included). A canary counts in raw, URL-encoded and base64 form.
-Wall time: about 55 s (one test, sharing the session's Prefect server).
+Push mode's `set-image` runs once with each token (a commit, and a merge request through GitLab's API).
+Wall time: about 60 s (one test, sharing the session's Prefect server).
 """
 
 from __future__ import annotations
@@ -228,6 +229,13 @@ def test_no_secret_leaks_from_any_command(tmp_path, monkeypatch):
         create_deployment("gitops-reconcile", f"reconcile-{qa}", pool)  # no worker polls this pool
         finish(cli("promote", "--source-block", token_block, "--from", qa, "--to", prod, codes=(0,)),
                cli("trigger", "--env", qa, codes=(0,)))
+        # image automation's push mode: a commit with the block's token, a merge request with GitLab's
+        finish(cli("set-image", "--source-block", token_block, "--env", prod, "--deployment", f"{flow}/prod",
+                   "--image", "flows:c-s", codes=(0,)))
+        save_gitlab_block(c["gitlab"])
+        finish(cli("set-image", "--source-block", gitlab_block, "--env", gl, "--deployment", f"{flow}/no-such",
+                   "--image", "flows:c-m", "--merge-request", codes=(0,)))
+        assert len(gitlab_server.merge_requests) == 1
     assert len(k8s.created_jobs) == len(k8s.deleted_jobs) == 3  # the smoke Jobs: passed, passed, failed
     assert any(r["authorized"] for r in url_server.requests) and sha1 != sha0
 
