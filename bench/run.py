@@ -1,14 +1,15 @@
-"""prefect-gitops benchmark (issue 6). Not part of the test suite.
+"""prefect-gitops benchmark (issues 6 and 17). Not part of the test suite.
 
     .venv/bin/python bench/run.py                      # N = 100 and 1,000, 3 repetitions, writes bench/results.md
+    .venv/bin/python bench/run.py --sizes 1000,10000 --reps 3 --reps-large 1 --no-peer --no-trigger   # N = 10,000
     .venv/bin/python bench/run.py --sizes 100 --reps 3 --no-peer --no-trigger   # a quick look
 
 For each N, on a fresh local Prefect server (SQLite, temp PREFECT_HOME, 127.0.0.1, analytics off)
 with a counting reverse proxy in front of it (bench/proxy.py; every measured process talks to the
 proxy, so requests are counted at the HTTP layer without touching the product):
 
-  setup      10 kubernetes work pools (prefect-kubernetes' default base job template), 10 flows,
-             N deployments (dep i: flow bench-(i//10 % 10), pool k8s-(i % 10)), a real git repo
+  setup      10 kubernetes work pools (N // 100 above N = 1,000; prefect-kubernetes' default base job
+             template), 10 flows, N deployments (dep i: flow bench-(i//10 % 10), pool k8s-(i % pools)), a real git repo
              (git CLI, file:// URL) with environments/bench.yaml describing them, and a first
              `prefect-gitops apply` that takes them over (reported, not a target).
   no-op      `prefect-gitops apply` with Git unchanged and nothing drifted:
