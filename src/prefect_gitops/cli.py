@@ -92,7 +92,7 @@ def plan(source: Optional[str] = SOURCE, source_block: Optional[str] = SOURCE_BL
 
     from prefect_gitops.adapters.environment_server import environment_api
     from prefect_gitops.errors import GitOpsError
-    from prefect_gitops.flows import git_source, load_block
+    from prefect_gitops.flows import git_source, load_block, source_settings
     from prefect_gitops.reconcile import ReconcileRequest, ReconcileResult, reconcile
     from prefect_gitops.report import text
 
@@ -106,21 +106,16 @@ def plan(source: Optional[str] = SOURCE, source_block: Optional[str] = SOURCE_BL
         except ValueError as exc:  # Prefect's "Unable to find block document named ..."
             sys.stderr.write(f"GitOps Source block {source_block!r}: {exc}\n")
             raise typer.Exit(1)
-        url = source or (block.url if block else "")
-        request = ReconcileRequest(environment=env, source=git_source(block, url),
-                                   ref=ref or (block.ref if block else "main"),
-                                   path=path or (block.path if block else "environments"),
-                                   revision=revision, dry_run=True, full_check=True,
+        where = source_settings(block, source, ref, path)
+        request = ReconcileRequest(environment=env, source=git_source(block, where.url or ""), ref=where.ref,
+                                   path=where.path, revision=revision, dry_run=True, full_check=True,
                                    drift_mode=None if drift_mode == DriftOption.from_file else drift_mode.value,
-                                   signatures=block.signature_policy() if block else None,
-                                   policy_block=policy_block)
+                                   signatures=where.signatures, policy_block=policy_block)
         try:
             async with get_client() as client, environment_api(client, env) as api:  # on ENV's own server
                 return await reconcile(request, api)
         except GitOpsError as exc:  # ENV's GitOps Target block could not be read
-            failed = ReconcileResult(environment=env)
-            failed.fail(exc)
-            return failed
+            return ReconcileResult.failed_before_start(env, exc)
 
     result = asyncio.run(run())
     payload = result.to_json()

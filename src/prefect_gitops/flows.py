@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, overload
 
 from prefect import State, flow, get_client, get_run_logger
@@ -20,6 +21,7 @@ from prefect_gitops.reconcile import ReconcileRequest, reconcile as run_reconcil
 from prefect_gitops.report import text
 from prefect_gitops.result import ReconcileResult
 from prefect_gitops.rollback import RollbackRequest, rollback as run_rollback
+from prefect_gitops.signatures import SignaturePolicy
 from prefect_gitops.status import RunEnd, outcome
 
 if TYPE_CHECKING:  # for annotations only: load_block() imports the block types when a block is named
@@ -61,7 +63,8 @@ async def reconcile(
 ) -> dict[str, Any] | State[Any]:
     logger = get_run_logger()
     block = await load_block("GitOpsSource", source_block) if source_block else None
-    url = source_url or (block.url if block else None)
+    where = source_settings(block, source_url, ref, path)
+    url = where.url
     if not url:
         message = "give source_url or source_block: where is the GitOps repo?"
         return Failed(message=message, data={"environment": environment, "status": "failed", "message": message,
@@ -73,13 +76,12 @@ async def reconcile(
     if smoke_test_defaults_block:
         defaults = deep_merge(defaults, (await load_block("GitOpsSmokeTestDefaults", smoke_test_defaults_block)).as_file_defaults())
     request = ReconcileRequest(
-        environment=environment, source=source, ref=ref or (block.ref if block else "main"),
-        path=path or (block.path if block else "environments"), revision=revision,
+        environment=environment, source=source, ref=where.ref, path=where.path, revision=revision,
         dry_run=dry_run, drift_mode=None if drift_mode == "from-file" else drift_mode,
         concurrency=concurrency, flow_run_id=_flow_run_id(), force=force, override_windows=override_windows,
         full_check=full_check,
         defaults=defaults or None,
-        signatures=block.signature_policy() if block else None,  # the block's, even for a source_url given instead
+        signatures=where.signatures,
         policy_block=policy_block,
         allow_mass_release=allow_mass_release, allow_history_rewrite=allow_history_rewrite,
     )
@@ -92,8 +94,7 @@ async def reconcile(
                                  deployments=api.client)
             result = await run_reconcile(request, api, runner, lock=environment_lock_on(api), steps=steps)
     except GitOpsError as exc:  # the environment's GitOps Target block could not be read
-        result = ReconcileResult(environment=environment, flow_run_id=request.flow_run_id)
-        result.fail(exc)
+        result = ReconcileResult.failed_before_start(environment, exc, request.flow_run_id)
     if block is not None and not dry_run:
         await _report_commit_status(block, result, logger)
     return await _finish(result, "reconcile")
@@ -111,6 +112,23 @@ async def load_block(block_class: str, name: str) -> Block:
 
     block: Block = await getattr(prefect_gitops.blocks, block_class).aload(name)
     return block
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Where a command or flow reads (and writes) the GitOps repo: its own arguments, else the GitOps
+    Source block's fields, else the defaults."""
+
+    url: str | None
+    ref: str
+    path: str
+    signatures: SignaturePolicy | None  # the block's, even when a URL is given instead
+
+
+def source_settings(block: GitOpsSource | None, url: str | None, ref: str | None, path: str | None) -> SourceSettings:
+    return SourceSettings(url=url or (block.url if block else None), ref=ref or (block.ref if block else "main"),
+                          path=path or (block.path if block else "environments"),
+                          signatures=block.signature_policy() if block else None)
 
 
 def git_source(block: GitOpsSource | None, url: str) -> GitSource:
@@ -148,8 +166,7 @@ async def rollback(
         async with get_client() as client, environment_api(client, environment) as api:
             result = await run_rollback(request, api, lock=environment_lock_on(api))
     except GitOpsError as exc:  # the environment's GitOps Target block could not be read
-        result = ReconcileResult(environment=environment, flow_run_id=request.flow_run_id)
-        result.fail(exc)
+        result = ReconcileResult.failed_before_start(environment, exc, request.flow_run_id)
     return await _finish(result, "rollback")
 
 
@@ -166,9 +183,8 @@ async def promote(
 
     logger = get_run_logger()
     block = await load_block("GitOpsSource", source_block) if source_block else None
-    source_url = source_url or (block.url if block else None)
-    branch = branch or (block.ref if block else "main")
-    path = path or (block.path if block else "environments")
+    where = source_settings(block, source_url, branch, path)
+    source_url, branch, path = where.url, where.ref, where.path
     if not source_url:
         message = "give source_url or source_block: which GitOps repo should the promotion commit to?"
         return Failed(message=message, data={"status": "failed", "message": message, "environment": to_environment,
@@ -220,9 +236,8 @@ async def set_image(
 
     logger = get_run_logger()
     block = await load_block("GitOpsSource", source_block) if source_block else None
-    source_url = source_url or (block.url if block else None)
-    branch = branch or (block.ref if block else "main")
-    path = path or (block.path if block else "environments")
+    where = source_settings(block, source_url, branch, path)
+    source_url, branch, path = where.url, where.ref, where.path
     if not source_url:
         return _set_image_failed(environment, "give source_url or source_block: which GitOps repo should the image be written to?")
     if (deployment is None) == (work_pool is None):

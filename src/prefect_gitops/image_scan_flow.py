@@ -12,7 +12,7 @@ from pydantic import Field
 
 from prefect_gitops.adapters.git import GitSource
 from prefect_gitops.errors import GitOpsError
-from prefect_gitops.flows import _flow_run_id, git_source, load_block, param
+from prefect_gitops.flows import _flow_run_id, git_source, load_block, param, source_settings
 from prefect_gitops.image_policy import ImageDecision
 from prefect_gitops.image_scan import ScanResult, WriteBack, WriteBackOutcome, scan, write_decisions
 from prefect_gitops.loader import load_environment
@@ -35,13 +35,12 @@ async def image_scan(
     dry_run: bool = param(False, "Dry run", description="Scan and report; write nothing back."),
 ) -> dict[str, Any] | State[Any]:
     block = await load_block("GitOpsSource", source_block) if source_block else None
-    url = source_url or (block.url if block else None)
+    where = source_settings(block, source_url, branch, path)
+    url, branch, folder = where.url, where.ref, where.path
     if not url:
         message = "give source_url or source_block: where is the GitOps repo?"
         return Failed(message=message, data={"environment": environment, "status": "failed", "message": message})
     source = git_source(block, url)
-    branch = branch or (block.ref if block else "main")
-    folder = path or (block.path if block else "environments")
     write_back = image_write_back(source, block, branch, folder, merge_request)
     return await run_image_scan(environment, source, branch, folder, write_back, dry_run=dry_run,
                                 flow_run_id=_flow_run_id())

@@ -51,6 +51,13 @@ class ReconcileResult:
         return [(t, self.smoke_results[t.id]) for t in self.smoke_tests
                 if t.id in self.smoke_results and not self.smoke_results[t.id].passed]
 
+    @classmethod
+    def failed_before_start(cls, environment: str, exc: GitOpsError, flow_run_id: str | None = None) -> ReconcileResult:
+        """A run that could not start (the environment's GitOps Target block could not be read)."""
+        result = cls(environment=environment, flow_run_id=flow_run_id)
+        result.fail(exc)
+        return result
+
     def fail(self, exc: GitOpsError) -> None:
         """End the run failed because of `exc` (its type says transient or permanent)."""
         if isinstance(exc, ConfigError):
