@@ -7,112 +7,33 @@ registry with the registry's basic credentials."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import secrets
-import shutil
-import socket
-import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+from prefect_gitops.demo_registry import LocalRegistry, binary
+from prefect_gitops.local_server import free_port
+
 USER = "scanner"
 PASSWORD = "scan-test-password"
 # bcrypt of PASSWORD at the lowest cost (4): the registry checks it on every request
 HTPASSWD = f"{USER}:$2b$04$/mjKq34ImrLmrLUxQKT/hOHlR327m5uQ5d9kYv6WL7pl1H0TNA.Eu\n"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def available() -> bool:
-    return Path(BINARY).exists()
+    return binary() is not None
 
 
-class RegistryServer:
+class RegistryServer(LocalRegistry):
+    """The package's local registry (prefect_gitops.demo_registry, which the demo uses too) with htpasswd auth."""
+
     def __init__(self, root: Path):
-        self.root, self.port = root, free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.host}"
-        self.auth = (USER, PASSWORD)
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> RegistryServer:
-        (self.root / "htpasswd").write_text(HTPASSWD)
-        (self.root / "config.yml").write_text(json.dumps({  # YAML is a superset of JSON
-            "version": 0.1, "log": {"level": "error", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(self.root / "data")}},
-            "http": {"addr": self.host, "secret": secrets.token_hex(16)},
-            "auth": {"htpasswd": {"realm": "test-registry", "path": str(self.root / "htpasswd")}},
-        }))
-        self.log = open(self.root / "registry.log", "wb")
-        self.process = subprocess.Popen([BINARY, "serve", str(self.root / "config.yml")], stdout=self.log,
-                                        stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v2/", timeout=1).status_code == 401:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("docker-registry did not start: " + (self.root / "registry.log").read_text()[-2000:])
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.log.close()
-
-    def push(self, repository: str, *tags: str, distinct: bool = True) -> dict[str, str]:
-        """Push a small image (one config blob, one layer) under each tag, a different one per tag
-        (`distinct`) or one image under every tag; tag -> manifest digest."""
-        digests = {}
-        with httpx.Client(base_url=self.url, auth=self.auth, timeout=10) as http:
-            for tag in tags:
-                if not distinct and digests:
-                    done = http.put(f"/v2/{repository}/manifests/{tag}", content=manifest,
-                                    headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
-                    assert done.status_code == 201, done.text
-                    digests[tag] = done.headers["Docker-Content-Digest"]
-                    continue
-                config = json.dumps({"architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:00Z",
-                                     "config": {"Labels": {"tag": tag}},
-                                     "rootfs": {"type": "layers", "diff_ids": []}}).encode()
-                layer = f"layer of {tag}".encode()
-                blobs = [self._blob(http, repository, b) for b in (config, layer)]
-                manifest = json.dumps({
-                    "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blobs[0],
-                               "size": len(config)},
-                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": blobs[1],
-                                "size": len(layer)}]}).encode()
-                done = http.put(f"/v2/{repository}/manifests/{tag}", content=manifest,
-                                headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
-                assert done.status_code == 201, done.text
-                digests[tag] = done.headers["Docker-Content-Digest"]
-                assert digests[tag] == "sha256:" + hashlib.sha256(manifest).hexdigest()
-        return digests
-
-    @staticmethod
-    def _blob(http: httpx.Client, repository: str, data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        started = http.post(f"/v2/{repository}/blobs/uploads/")
-        assert started.status_code == 202, started.text
-        location = started.headers["Location"]
-        location += ("&" if "?" in location else "?") + f"digest={digest}"  # keeps the upload's _state
-        done = http.put(location, content=data,
-                        headers={"Content-Type": "application/octet-stream"})
-        assert done.status_code == 201, done.text
-        return digest
+        super().__init__(root, htpasswd=HTPASSWD, auth=(USER, PASSWORD))
 
 
 class TokenFront:

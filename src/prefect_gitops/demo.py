@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator, cast
 if TYPE_CHECKING:  # for annotations only: the demo imports Prefect and the flows where it uses them
     from prefect import State
 
+    from prefect_gitops.demo_registry import LocalRegistry
     from prefect_gitops.state import EnvironmentState
 
     FlowResult = dict[str, Any] | State[Any]  # what the flows return
@@ -31,6 +32,15 @@ deployments:
   etl/qa-daily:
     job_variables:
       env: {LOG_LEVEL: debug}
+"""
+
+# with the demo's local registry (docker-registry) at HOST: etl/qa-daily follows its newest 1.x tag
+QA_IMAGE_POLICY = """\
+      image: HOST/demo/etl:1.0.0
+    image_policy:   # pull mode: the gitops-image-scan flow writes the newest allowed tag into image above
+      repository: HOST/demo/etl
+      policy: {semver: {range: "^1"}}
+      insecure: true   # the demo's registry speaks plain HTTP
 """
 
 PROD = """\
@@ -91,10 +101,11 @@ def _prod(tag: str, reports: str) -> str:
     return PROD.replace("TAG", tag).replace("REPORTS", reports)
 
 
-def _make_repo(root: Path) -> Path:
+def _make_repo(root: Path, registry_host: str | None) -> Path:
     repo = root / "gitops"
     (repo / "environments").mkdir(parents=True)
-    (repo / "environments" / "qa.yaml").write_text(QA)
+    qa = QA + QA_IMAGE_POLICY.replace("HOST", registry_host) if registry_host else QA
+    (repo / "environments" / "qa.yaml").write_text(qa)
     (repo / "environments" / "prod.yaml").write_text(_prod("1.4.3", "2.0.0"))
     _git(repo, "init", "-q", "-b", "main")
     _git(repo, "config", "receive.denyCurrentBranch", "updateInstead")  # promote pushes to it
@@ -139,6 +150,46 @@ def _reconcile(repo: Path, env: str) -> dict[str, Any]:
     return report
 
 
+@contextlib.contextmanager
+def _local_registry(root: Path) -> Iterator[LocalRegistry | None]:
+    """The demo's OCI registry (docker-registry on a free 127.0.0.1 port, anonymous) holding demo/etl:1.0.0,
+    stopped at the end; None, said in one line, when docker-registry is not installed or does not start."""
+    import httpx
+
+    from prefect_gitops.demo_registry import LocalRegistry, binary
+
+    if binary() is None:
+        print("image scan step skipped: docker-registry is not installed (Debian package docker-registry)")
+        yield None
+        return
+    registry = LocalRegistry(root)
+    try:
+        registry.start()
+        registry.push("demo/etl", "1.0.0")
+    except (RuntimeError, OSError, httpx.HTTPError) as exc:
+        registry.stop()
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        print(f"image scan step skipped: the local registry (docker-registry) did not start: {why}")
+        yield None
+        return
+    print(f"local OCI registry (docker-registry) at {registry.host}, holding demo/etl:1.0.0")
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+def _image_scan(repo: Path, env: str) -> dict[str, Any]:
+    from prefect_gitops.image_scan_flow import image_scan
+
+    async def run() -> FlowResult | Exception:
+        state = await image_scan(environment=env, source_url=repo.as_uri(), return_state=True)
+        return await state.aresult(raise_on_failure=False)
+
+    # cast: the flow's report, also when it ended Failed (as for _promote)
+    return cast("dict[str, Any]", asyncio.run(run()))
+
+
 def _promote(repo: Path, source: str, target: str) -> dict[str, Any]:
     from prefect_gitops.flows import promote
 
@@ -178,15 +229,37 @@ def _show(title: str, report: dict[str, Any]) -> None:
           f"flow run {PREFECT_UI_URL.value().rstrip('/')}/runs/flow-run/{report['flow_run_id']}")
 
 
+def _pull_mode_step(repo: Path, registry: LocalRegistry) -> bool:
+    """A new tag arrives in the registry; the image scan commits it to qa.yaml; qa's reconcile applies it."""
+    registry.push("demo/etl", "1.1.0")
+    old, new = f"{registry.host}/demo/etl:1.0.0", f"{registry.host}/demo/etl:1.1.0"
+    print("\npushed demo/etl:1.1.0 to the local registry; the image scan (pull mode) of qa picks the newest "
+          "allowed tag (semver ^1) and commits it:")
+    scan = _image_scan(repo, "qa")
+    for t in scan.get("targets", []):
+        print(f"  {t['target_type']} {t['target']}: {t['policy']}: newest tag {t.get('newest_tag') or '-'} of "
+              f"{t.get('tags_seen', 0)}: {t['outcome']}{': ' + t['message'] if t.get('message') else ''}")
+    for d in scan.get("decisions", []):
+        print(f"  image scan: {d['target']}: {d['old']} -> {d['new']}")
+    print("  " + _git(repo, "log", "-1", "--format=%h %s"))
+    qa = _reconcile(repo, "qa")
+    _show("qa after the image scan", qa)
+    return (scan.get("status") == "scanned"
+            and [(d["old"], d["new"]) for d in scan.get("decisions", [])] == [(old, new)]
+            and qa["status"] == "applied"
+            and [(c["target"], c["key"], c["new"]) for c in qa["changes"]] == [("etl/qa-daily", "image", new)])
+
+
 def run_demo(keep: bool = False) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own summary
-    with _local_server() as server, tempfile.TemporaryDirectory(prefix="prefect-gitops-demo-repo-") as tmp:
+    with (_local_server() as server, tempfile.TemporaryDirectory(prefix="prefect-gitops-demo-repo-") as tmp,
+          _local_registry(Path(tmp) / "registry") as registry):
         if server is not None:  # our own server: prove its scheduler works, or reconciles never fire on a schedule
             from prefect_gitops.local_server import check_scheduler
 
             print(f"its scheduler works: an hourly deployment got {asyncio.run(check_scheduler())} scheduled runs")
         asyncio.run(_create_estate())
-        repo = _make_repo(Path(tmp))
+        repo = _make_repo(Path(tmp), registry.host if registry else None)
         print(f"sample GitOps repo: {repo}")
         qa = _reconcile(repo, "qa")
         _show("qa", qa)
@@ -216,7 +289,9 @@ def run_demo(keep: bool = False) -> int:
         rollout = _reconcile(repo, "prod")
         _show("prod after the promotion (two waves)", rollout)
 
-        ok = (all(r["status"] in ("applied", "in-sync") for r in (qa, prod, again))
+        pulled = _pull_mode_step(repo, registry) if registry else True
+
+        ok = (pulled and all(r["status"] in ("applied", "in-sync") for r in (qa, prod, again))
               and promoted["status"] == "promoted" and rollout["status"] == "applied"
               and [w["state"] for w in rollout["waves"]] == ["applied", "applied"]
               and again["applied"] == 1 and again["changes"][0]["new"] == "registry.example.com/flows:1.4.4"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from helpers import (
     read_state,
     uid,
 )
+
+from prefect_gitops.demo_registry import binary
 
 
 def _images_written(flow: str, image: str) -> int:
@@ -132,3 +135,13 @@ def test_demo_runs_on_a_fresh_home(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "demo passed" in done.stdout
     assert '"registry.example.com/flows:1.4.3" -> "registry.example.com/flows:1.4.4"' in done.stdout
+    if binary() is None:
+        assert "image scan step skipped: docker-registry is not installed" in done.stdout
+        return
+    # pull mode: a tag pushed to the demo's registry, committed by the image scan, applied by qa's reconcile
+    old, new = r"127\.0\.0\.1:\d+/demo/etl:1\.0\.0", r"127\.0\.0\.1:\d+/demo/etl:1\.1\.0"
+    assert "deployment etl/qa-daily: semver ^1: newest tag 1.1.0 of 2: updated" in done.stdout
+    assert re.search(rf"image scan: etl/qa-daily: {old} -> {new}\n", done.stdout), done.stdout[-3000:]
+    after = done.stdout.split("== qa after the image scan: applied at ", 1)[1]
+    assert re.match(rf'[0-9a-f]{{12}} ==\n  set   deployment etl/qa-daily +image +"{old}" -> "{new}"  \[desired\]\n'
+                    r"  1 change\(s\) applied", after), after[:1000]
