@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -173,6 +174,28 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.log.close()
+
+
+class ProductionBackend:
+    """The production-shaped server instead (prefect_gitops.production_server: PostgreSQL 15, Redis, two API
+    replicas, the services apart); measured through replica 0. Needs PostgreSQL 15, redis-server and prefect-redis."""
+
+    def __init__(self, home: Path, port: int):
+        self.home = home
+        self._stack = contextlib.ExitStack()
+
+    def start(self) -> None:
+        from prefect_gitops.production_server import running_production_server
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        server = self._stack.enter_context(running_production_server(self.home))
+        self.url = server.api_urls[0]
+        self.port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
+        self.env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_KEY"}
+        self.env.update(server.client_env(0), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+
+    def stop(self) -> None:
+        self._stack.close()
 
 
 # -- the GitOps repo -----------------------------------------------------------------------------
@@ -393,7 +416,8 @@ async def deployment_image(server: Server, name: str) -> str | None:
 class Bench:
     def __init__(self, n: int, reps: int, workdir: Path, port: int, args):
         self.n, self.reps, self.workdir, self.args = n, reps, workdir, args
-        self.server = Server(workdir / "server-home", port)
+        backend = ProductionBackend if getattr(args, "backend", "sqlite") == "postgres" else Server
+        self.server = backend(workdir / "server-home", port)
         self.repo = Repo(workdir / "gitops")
         self.peer_dir = workdir / "peer"
         self.peer_dir.mkdir()
@@ -936,8 +960,11 @@ def write_results(path: Path, info: dict, all_results: list[dict], table: str, t
              f"- Python {info['python']}, Prefect {info['prefect']}, {info['git']}",
              f"- load average when the benchmark started: {info['load_at_start']} "
              "(other work on the machine shares the 2 cores; figures are medians for that reason)",
-             "- one local Prefect server per N (SQLite, fresh PREFECT_HOME, 127.0.0.1, analytics off), "
-             "requests counted by a reverse proxy on 127.0.0.1 in front of it (bench/proxy.py)",
+             ("- one production-shaped server per N (prefect_gitops.production_server: PostgreSQL 15, Redis, two API "
+              "replicas and the services apart; measured through replica 0), "
+              if getattr(args, "backend", "sqlite") == "postgres" else
+              "- one local Prefect server per N (SQLite, fresh PREFECT_HOME, 127.0.0.1, analytics off), ")
+             + "requests counted by a reverse proxy on 127.0.0.1 in front of it (bench/proxy.py)",
              "", "## Figures", "",
              f"Medians of {args.reps} runs"
              + (f" ({getattr(args, 'reps_large', None)} above N = 1,000)" if getattr(args, "reps_large", None) else "")
@@ -1008,6 +1035,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100,1000")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
+                        help="postgres: the production-shaped server (PostgreSQL, Redis, two API replicas)")
     parser.add_argument("--reps-large", type=int, default=None, help="repetitions above N = 1,000 (default: --reps)")
     parser.add_argument("--peer-timeout", type=float, default=600, help="seconds allowed per peer run")
     parser.add_argument("--peer-reps-large", type=int, default=1, help="peer runs per case at N >= 1000")
@@ -1051,7 +1080,8 @@ def main() -> None:
                    "finished": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}",
                    "minutes": (time.perf_counter() - started) / 60}
             Path(args.output).with_suffix(".json").write_text(json.dumps(
-                {"machine": info, "run": run, "args": {"reps": args.reps, "reps_large": args.reps_large, "peer_reps_large": args.peer_reps_large},
+                {"machine": info, "run": run, "args": {"reps": args.reps, "reps_large": args.reps_large, "peer_reps_large": args.peer_reps_large,
+                          "backend": args.backend},
                  "results": _raw(all_results)}, indent=1, default=str))
     finally:
         if not args.keep:
