@@ -42,6 +42,8 @@ from prefect_gitops.plan import ActualState, DeploymentActual, PoolActual, Queue
 from prefect_gitops.state import EnvironmentState, HistoryEntry
 
 PAGE = 200  # the server's cap on one read
+NAMES_PER_READ = PAGE - 1  # names per filtered read: their deployments fit one page (a full one asks for the next)
+READS_IN_FLIGHT = 4
 EVENT_PAGE = 50  # the server's cap on one page of events
 T = TypeVar("T")
 
@@ -137,24 +139,38 @@ class PrefectAPI:
         return {p.name: PoolActual(name=p.name, id=str(p.id), base_job_template=p.base_job_template or {}) for p in pools}
 
     async def read_deployments(self, names: list[str]) -> dict[str, DeploymentActual]:
-        """Deployments by "<flow>/<deployment>" name."""
+        """Deployments by "<flow>/<deployment>" name: NAMES_PER_READ names per filtered read, READS_IN_FLIGHT
+        reads at once. (One filter naming every deployment, read page by page, made the server match all
+        10,000 names again for each of the 50 pages: 20 s at N = 10,000 against 7 s for unfiltered pages.)"""
         if not names:
             return {}
-        flow_names = sorted({n.split("/", 1)[0] for n in names})
-        deployment_names = sorted({n.split("/", 1)[1] for n in names})
-        flow_filter = FlowFilter(name=FlowFilterName(any_=flow_names))
-        deployment_filter = DeploymentFilter(name=DeploymentFilterName(any_=deployment_names))
+        names = sorted(set(names))
+        flow_filter = FlowFilter(name=FlowFilterName(any_=sorted({n.split("/", 1)[0] for n in names})))
+
+        def read_some(some: list[str]) -> Callable[[], Awaitable[list[Any]]]:
+            flows_of = FlowFilter(name=FlowFilterName(any_=sorted({n.split("/", 1)[0] for n in some})))
+            named = DeploymentFilter(name=DeploymentFilterName(any_=sorted({n.split("/", 1)[1] for n in some})))
+            return lambda: retrying(lambda: _paged(lambda off: self.client.read_deployments(
+                flow_filter=flows_of, deployment_filter=named, sort=DeploymentSort.NAME_ASC, limit=PAGE, offset=off)))
+
+        async def read_all() -> list[Any]:
+            parts = [names[i:i + NAMES_PER_READ] for i in range(0, len(names), NAMES_PER_READ)]
+            found: list[Any] = []
+            for outcome in await bounded_gather(READS_IN_FLIGHT, [read_some(part) for part in parts]):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                found.extend(outcome)
+            return found
+
         async with api_errors("reading deployments"):
             flows, found = await read_together(
                 retrying(lambda: _paged(lambda off: self.client.read_flows(
                     flow_filter=flow_filter, sort=FlowSort.NAME_ASC, limit=PAGE, offset=off))),
-                retrying(lambda: _paged(lambda off: self.client.read_deployments(
-                    flow_filter=flow_filter, deployment_filter=deployment_filter,
-                    sort=DeploymentSort.NAME_ASC, limit=PAGE, offset=off))))
+                read_all())
             flow_name_by_id = {f.id: f.name for f in flows}
         wanted = set(names)
         out: dict[str, DeploymentActual] = {}
-        for d in found:
+        for d in found:  # a part's filter also matches its deployment names under its other flows: dropped here
             full = f"{flow_name_by_id.get(d.flow_id, '?')}/{d.name}"
             if full in wanted:
                 out[full] = DeploymentActual(name=full, id=str(d.id), work_pool_name=d.work_pool_name,
