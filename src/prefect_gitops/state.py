@@ -98,6 +98,7 @@ class HistorySummary(BaseModel):
     flow_run_id: str | None = None
     changes: int = 0
     failures: int = 0
+    document: str | None = Field(default=None, description="Its block document's id, once stored.")
 
     @classmethod
     def of(cls, entry: HistoryEntry) -> HistorySummary:

@@ -87,7 +87,7 @@ def test_an_entry_is_written_alone_and_the_cap_deletes_only_the_oldest():
     assert newest in after and oldest not in after
     unchanged = set(before) - {oldest, state_block_name(env)}
     assert {n: after[n] for n in unchanged} == {n: before[n] for n in unchanged}  # not rewritten
-    assert after[state_block_name(env)][1]["history_pruning"] == [1]  # listed until a write finds it gone
+    assert len(after[state_block_name(env)][1]["history_pruning"]) == 1  # listed until the next write
     again, handle = call("read_state", env, history=False)
     call("write_state", again, handle)
     assert documents(env)[state_block_name(env)][1]["history_pruning"] == []

@@ -20,7 +20,8 @@ and 0.03 s zlib-compressed (the inventory repeats the same images and keys; comp
 `prefect-gitops status -o json` shows the record unpacked; `unpacked()` unpacks a document.
 
 Crash order, per write: (1) the new entries' documents, (2) the state that indexes them, (3) the deletes
-of entries that fell off the index (listed in the state, `history_pruning`, until a write finds them gone).
+of entries that fell off the index (listed in the state by document id, `history_pruning`, and deleted again,
+harmlessly, by the next write).
 - Killed after (1): an entry is stored but not indexed, at the next sequence number. Whoever next adds an
   entry or reads the history finds it there (one read by name) and indexes it: it is never lost, and its
   writes are never recorded twice (the next run finds those keys in sync: record.py).
@@ -84,8 +85,8 @@ class GitOpsEnvironmentState(Block):
     state_packed: str = Field(default="", description=(
         "The whole recorded state (without the history's entries) as JSON, zlib-compressed and base64-encoded "
         "(`prefect-gitops status --env ENV --output json` shows it)."))
-    history_pruning: list[int] = Field(default_factory=list, description=(
-        "History entries that fell off the index and whose documents are being deleted."))
+    history_pruning: list[str] = Field(default_factory=list, description=(
+        "The block document ids of history entries that fell off the index, being deleted."))
 
 
 class GitOpsHistoryEntry(Block):
@@ -227,28 +228,30 @@ async def _index_unindexed(client: PrefectClient, state: EnvironmentState) -> in
         mine = next((h for h in state.history if h.seq is None and _same_entry(h, stored)), None)
         if mine is not None:
             mine.seq = seq
-            _renumber(state, mine)
+            _renumber(state, mine, str(document.id))
         else:  # older than every entry not yet stored: it goes after them
             unstored = sum(1 for s in state.history_index if s.seq is None)
-            state.history_index.insert(unstored, HistorySummary.of(stored))
+            state.history_index.insert(unstored, HistorySummary.of(stored).model_copy(
+                update={"document": str(document.id)}))
             state.history.insert(sum(1 for h in state.history if h.seq is None), stored)
         seq += 1
     return seq
 
 
-def _renumber(state: EnvironmentState, entry: HistoryEntry) -> None:
+def _renumber(state: EnvironmentState, entry: HistoryEntry, document: str) -> None:
+    """The index's summary of a newly stored entry gets its number and document."""
     for i, summary in enumerate(state.history_index):
         if summary.seq is None and summary == HistorySummary.of(entry.model_copy(update={"seq": None})):
-            state.history_index[i] = HistorySummary.of(entry)
+            state.history_index[i] = HistorySummary.of(entry).model_copy(update={"document": document})
             return
 
 
 async def write_state(client: PrefectClient, state: EnvironmentState, handle: StateHandle | None) -> StateHandle:
     handle = handle or StateHandle(None)
-    left = set((handle.state_document.data or {}).get("history_pruning") or []) if handle.state_document else set()
+    left = (handle.state_document.data or {}).get("history_pruning") or [] if handle.state_document else []
     # independent of each other: what an earlier write left to delete, and the new entries
-    await _together(_delete_entries(client, state.environment, left), _store_new_entries(client, state, handle))
-    pruning = [s.seq for s in state.history_index[HISTORY_LIMIT:] if s.seq is not None]
+    await _together(_delete_documents(client, left), _store_new_entries(client, state, handle))
+    pruning = await _document_ids(client, state.environment, state.history_index[HISTORY_LIMIT:])
     del state.history_index[HISTORY_LIMIT:]
     condition = state.condition
     handle.state_document = await _save(client, state_block_name(state.environment), handle.state_document,
@@ -257,9 +260,9 @@ async def write_state(client: PrefectClient, state: EnvironmentState, handle: St
         last_attempted_revision=state.last_attempted_revision,
         condition=f"{'Ready' if condition.ready else 'NotReady'} {condition.reason}: {condition.message}"[:500]
         if condition else None,
-        state_packed=pack(state.model_dump_json(exclude={"history"})), history_pruning=sorted(set(pruning))))
+        state_packed=pack(state.model_dump_json(exclude={"history"})), history_pruning=pruning))
     if pruning:
-        await _delete_entries(client, state.environment, set(pruning))
+        await _delete_documents(client, pruning)
         (handle.state_document.data or {})["history_pruning"] = []  # gone: the next write stops listing them
     if handle.legacy_document is not None:  # moved: the 0.2 history document goes
         await _delete_document(client, handle.legacy_document.id)
@@ -273,9 +276,9 @@ async def _store_new_entries(client: PrefectClient, state: EnvironmentState, han
         return
     seq, _ = await _together(_index_unindexed(client, state), _register_entry_type(client, handle))
     for entry in reversed([h for h in state.history if h.seq is None]):
-        await _create_entry(client, handle, state.environment, entry.model_copy(update={"seq": seq}))
+        document = await _create_entry(client, handle, state.environment, entry.model_copy(update={"seq": seq}))
         entry.seq = seq
-        _renumber(state, entry)
+        _renumber(state, entry, document)
         seq += 1
 
 
@@ -296,7 +299,8 @@ async def _register_entry_type(client: PrefectClient, handle: StateHandle) -> No
         handle.entry_type_registered = True
 
 
-async def _create_entry(client: PrefectClient, handle: StateHandle, environment: str, entry: HistoryEntry) -> None:
+async def _create_entry(client: PrefectClient, handle: StateHandle, environment: str, entry: HistoryEntry) -> str:
+    """Store the entry; its document's id."""
     assert entry.seq is not None
     block = GitOpsHistoryEntry(environment=environment, seq=entry.seq, revision=entry.revision,
                                outcome=entry.outcome, entry_packed=pack(entry.model_dump_json(exclude={"seq"})))
@@ -305,18 +309,29 @@ async def _create_entry(client: PrefectClient, handle: StateHandle, environment:
                                  block_schema_id=GitOpsHistoryEntry._block_schema_id,
                                  block_type_id=GitOpsHistoryEntry._block_type_id)
     try:
-        await client.create_block_document(create)
+        return str((await client.create_block_document(create)).id)
     except ObjectAlreadyExists:  # this write, retried after its answer was lost: the same entry again
         existing = await client.read_block_document_by_name(name=name, block_type_slug=ENTRY_BLOCK_TYPE)
         await client.update_block_document(existing.id, BlockDocumentUpdate(
             block_schema_id=GitOpsHistoryEntry._block_schema_id, data=create.data, merge_existing_data=False))
+        return str(existing.id)
 
 
-async def _delete_entries(client: PrefectClient, environment: str, seqs: set[int]) -> None:
-    for seq in sorted(seqs):
-        document = await _read_document(client, entry_block_name(environment, seq), ENTRY_BLOCK_TYPE)
-        if document is not None:
-            await _delete_document(client, document.id)
+async def _document_ids(client: PrefectClient, environment: str, summaries: list[HistorySummary]) -> list[str]:
+    """The documents of stored entries (read by name for a summary that does not carry its id)."""
+    ids = []
+    for s in summaries:
+        if s.document is not None:
+            ids.append(s.document)
+        elif s.seq is not None and (found := await _read_document(
+                client, entry_block_name(environment, s.seq), ENTRY_BLOCK_TYPE)) is not None:
+            ids.append(str(found.id))
+    return ids
+
+
+async def _delete_documents(client: PrefectClient, ids: list[str]) -> None:
+    for document_id in ids:
+        await _delete_document(client, UUID(document_id))
 
 
 async def _delete_document(client: PrefectClient, document_id: UUID) -> None:
@@ -333,10 +348,13 @@ async def record_documents(client: PrefectClient, environment: str) -> list[Bloc
     if handle is None or handle.state_document is None:
         return []
     await _index_unindexed(client, state)
-    seqs = {s.seq for s in state.history_index if s.seq is not None}
-    seqs |= set((handle.state_document.data or {}).get("history_pruning") or [])
-    entries = [await _read_document(client, entry_block_name(environment, seq), ENTRY_BLOCK_TYPE)
-               for seq in sorted(seqs)]
+    entries = [await _read_document(client, entry_block_name(environment, s.seq), ENTRY_BLOCK_TYPE)
+               for s in state.history_index if s.seq is not None]
+    for document_id in (handle.state_document.data or {}).get("history_pruning") or []:
+        try:
+            entries.append(await client.read_block_document(UUID(document_id)))
+        except ObjectNotFound:
+            pass
     return [d for d in [handle.state_document, handle.legacy_document, *entries] if d is not None]
 
 
