@@ -22,10 +22,9 @@ if TYPE_CHECKING:  # for annotations only: the commands import Prefect and the f
     from prefect import State
     from prefect.client.orchestration import PrefectClient
 
+    from prefect_gitops.flows import FlowResult
     from prefect_gitops.result import ReconcileResult
     from prefect_gitops.state import EnvironmentState
-
-    FlowResult = dict[str, Any] | State[Any]  # what the control flows return
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -183,13 +182,10 @@ def rollback(env: str = ENV, to: Optional[str] = typer.Option(None, "--to", help
 def _run_flow(flow_fn: Callable[..., Awaitable[State[FlowResult]]], output: Output, env: str,
               **parameters: Any) -> None:
     """Run a control flow in-process (a real flow run), print its report, exit 0 only if it completed."""
-    async def run() -> tuple[State[FlowResult], FlowResult | Exception]:
-        state = await flow_fn(**parameters, return_state=True)
-        return state, await state.aresult(raise_on_failure=False)
-
-    state, outcome = asyncio.run(run())
     from prefect_gitops.adapters.events import flush_to_api
+    from prefect_gitops.flows import run_here
 
+    state, outcome = run_here(flow_fn, **parameters)
     flush_to_api()  # before the report, so Prefect's drain at exit has nothing left to warn about
     flow_run_id = str(state.state_details.flow_run_id)
     if isinstance(outcome, dict):  # the report, from a Completed or a Failed run

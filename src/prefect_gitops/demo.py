@@ -12,12 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, cast
 
 if TYPE_CHECKING:  # for annotations only: the demo imports Prefect and the flows where it uses them
-    from prefect import State
-
     from prefect_gitops.demo_registry import LocalRegistry
     from prefect_gitops.state import EnvironmentState
-
-    FlowResult = dict[str, Any] | State[Any]  # what the flows return
 
 GIT_ID = ["-c", "user.name=prefect-gitops demo", "-c", "user.email=demo@example.com", "-c", "commit.gpgsign=false"]
 
@@ -136,16 +132,11 @@ async def _create_estate() -> None:
 
 
 def _reconcile(repo: Path, env: str) -> dict[str, Any]:
-    from prefect_gitops.flows import reconcile
+    from prefect_gitops.flows import reconcile, run_here
 
-    async def run() -> tuple[State[FlowResult], FlowResult | Exception]:
-        state = await reconcile(environment=env, source_url=repo.as_uri(), return_state=True)
-        return state, await state.aresult(raise_on_failure=False)
-
-    state, outcome = asyncio.run(run())
-    report = outcome
+    state, report = run_here(reconcile, environment=env, source_url=repo.as_uri())
     if not isinstance(report, dict):
-        raise SystemExit(f"reconcile of {env} crashed: {outcome}")
+        raise SystemExit(f"reconcile of {env} crashed: {report}")
     report["flow_run_id"] = str(state.state_details.flow_run_id)
     return report
 
@@ -180,28 +171,21 @@ def _local_registry(root: Path) -> Iterator[LocalRegistry | None]:
 
 
 def _image_scan(repo: Path, env: str) -> dict[str, Any]:
+    from prefect_gitops.flows import run_here
     from prefect_gitops.image_scan_flow import image_scan
 
-    async def run() -> FlowResult | Exception:
-        state = await image_scan(environment=env, source_url=repo.as_uri(), return_state=True)
-        return await state.aresult(raise_on_failure=False)
-
     # cast: the flow's report, also when it ended Failed (as for _promote)
-    return cast("dict[str, Any]", asyncio.run(run()))
+    return cast("dict[str, Any]", run_here(image_scan, environment=env, source_url=repo.as_uri())[1])
 
 
 def _promote(repo: Path, source: str, target: str) -> dict[str, Any]:
-    from prefect_gitops.flows import promote
-
-    async def run() -> FlowResult | Exception:
-        state = await promote(from_environment=source, to_environment=target, source_url=repo.as_uri(),
-                              return_state=True)
-        return await state.aresult(raise_on_failure=False)
+    from prefect_gitops.flows import promote, run_here
 
     # cast: the result is the flow's report, also when the flow ended Failed (a State the flow returns
     # becomes its final state, and that state's data, the report, is its result: Prefect's types cannot
     # say so); a crashed run would give its exception, which the demo does not expect
-    return cast("dict[str, Any]", asyncio.run(run()))
+    return cast("dict[str, Any]", run_here(promote, from_environment=source, to_environment=target,
+                                           source_url=repo.as_uri())[1])
 
 
 def _show(title: str, report: dict[str, Any]) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, overload
+from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, overload
 
 from prefect import State, flow, get_client, get_run_logger
 from prefect.blocks.core import Block
@@ -41,7 +45,56 @@ def param(default: Any, title: str, description: str) -> Any:
     return Field(default, description=description, json_schema_extra={"title": title})
 
 
+# What each control flow run of this process returned, by flow run id, for an in-process caller (the CLI,
+# the demo). Prefect retries a final state write whose answer was lost (a server stall, a 503); the server
+# refuses the repeat ("this run has already made this state transition") and the engine hands back the
+# server's copy of the final state, which carries no data: results are not persisted. The caller then takes
+# the report from here. Bounded: a long-lived process (a `serve`) runs many flows nobody here collects.
+_RETURNED: OrderedDict[str, Any] = OrderedDict()
+_RETURNED_KEPT = 16
+
+FlowResult = dict[str, Any] | State[Any]  # what the control flows return: the report, or a State carrying it
+P = ParamSpec("P")
+
+
+FlowFunction = Callable[P, Coroutine[Any, Any, FlowResult]]
+
+
+def keeps_what_it_returns(fn: FlowFunction[P]) -> FlowFunction[P]:
+    """Keep what the flow function returns by its flow run id, for `run_here`; the signature is unchanged
+    (Prefect builds the parameter schema through functools.wraps)."""
+    @functools.wraps(fn)
+    async def kept(*args: P.args, **kwargs: P.kwargs) -> FlowResult:
+        value = await fn(*args, **kwargs)
+        run_id = _flow_run_id()
+        if run_id:
+            _RETURNED[run_id] = value
+            while len(_RETURNED) > _RETURNED_KEPT:
+                _RETURNED.popitem(last=False)
+        return value
+    return kept
+
+
+def run_here(flow_fn: Callable[..., Awaitable[State[FlowResult]]], **parameters: Any) -> tuple[State[Any], Any]:
+    """Run a control flow in this process (a real flow run): its final state and its result, the report
+    (a dict) when the flow ended Completed or Failed, the exception when it crashed before reporting."""
+    from prefect.exceptions import MissingResult
+
+    async def run() -> tuple[State[Any], Any]:
+        state = await flow_fn(**parameters, return_state=True)
+        kept = _RETURNED.pop(str(state.state_details.flow_run_id), None)
+        try:
+            return state, await state.aresult(raise_on_failure=False)
+        except MissingResult:  # the server's copy of the final state (see _RETURNED)
+            if kept is None:
+                raise
+            return state, kept.data if isinstance(kept, State) else kept
+
+    return asyncio.run(run())
+
+
 @flow(name="gitops-reconcile", description="Plan and apply a GitOps environment's job variables to Prefect.")
+@keeps_what_it_returns
 async def reconcile(
     environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "Environment", description="Which environment file to reconcile: ENVIRONMENT.yaml in the environments folder of the GitOps repo."),
     source_block: str | None = param(None, "GitOps Source block", description="Name of a saved GitOps Source block (URL, ref, folder, credentials). " "The fields below override it when set."),
@@ -154,6 +207,7 @@ async def _report_commit_status(block: GitOpsSource, result: ReconcileResult, lo
 
 
 @flow(name="gitops-rollback", description="Restore an environment's job variables as applied at an earlier revision.")
+@keeps_what_it_returns
 async def rollback(
     environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "Environment", description="The environment to roll back."),
     to_revision: Annotated[str | None, Field(pattern=r"^[0-9a-f]{7,40}$")] = param(None, "To revision", description="A revision from the history (at least 7 characters of its SHA)."),
@@ -171,6 +225,7 @@ async def rollback(
 
 
 @flow(name="gitops-promote", description="Commit the images an environment runs into the next environment's file.")
+@keeps_what_it_returns
 async def promote(
     from_environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "From environment", description="Whose applied images to promote (e.g. qa)."),
     to_environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "To environment", description="Whose file in the GitOps repo gets them (e.g. prod)."),
@@ -220,6 +275,7 @@ async def promote(
 
 @flow(name="gitops-set-image", description="Commit a new image for one deployment or work pool into an "
                                             "environment's file in the GitOps repo (push mode, for CI).")
+@keeps_what_it_returns
 async def set_image(
     environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "Environment", description="Whose file gets the image: ENVIRONMENT.yaml in the environments folder of the GitOps repo."),
     image: str = param(..., "Image", description="The new image reference, e.g. registry.example.com/team/etl:1.4.2 or one pinned by @sha256:..."),

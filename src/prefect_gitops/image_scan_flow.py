@@ -12,7 +12,7 @@ from pydantic import Field
 
 from prefect_gitops.adapters.git import GitSource
 from prefect_gitops.errors import GitOpsError
-from prefect_gitops.flows import _flow_run_id, git_source, load_block, param, source_settings
+from prefect_gitops.flows import _flow_run_id, git_source, keeps_what_it_returns, load_block, param, source_settings
 from prefect_gitops.image_policy import ImageDecision
 from prefect_gitops.image_scan import ScanResult, WriteBack, WriteBackOutcome, scan, write_decisions
 from prefect_gitops.loader import load_environment
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 @flow(name="gitops-image-scan",
       description="Pull mode: list the tags of each image_policy's registry repository, pick the newest allowed "
                   "tag and write it back to the environment file (a commit or a merge request).")
+@keeps_what_it_returns
 async def image_scan(
     environment: Annotated[str, Field(pattern=ENVIRONMENT_NAME_PATTERN)] = param(..., "Environment", description="Whose file's image policies to scan: ENVIRONMENT.yaml in the environments folder."),
     source_block: str | None = param(None, "GitOps Source block", description="Name of a saved GitOps Source block: the repository to read the policies from and write the images to. The fields below override it when set."),

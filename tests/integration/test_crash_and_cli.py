@@ -145,3 +145,29 @@ def test_demo_runs_on_a_fresh_home(tmp_path):
     after = done.stdout.split("== qa after the image scan: applied at ", 1)[1]
     assert re.match(rf'[0-9a-f]{{12}} ==\n  set   deployment etl/qa-daily +image +"{old}" -> "{new}"  \[desired\]\n'
                     r"  1 change\(s\) applied", after), after[:1000]
+
+
+def test_cli_reports_the_run_when_the_answer_to_its_final_state_was_lost(tmp_path, monkeypatch):
+    """CI found it: on a stalling server the answer to a run's final state write got lost, Prefect's client
+    wrote it again, the server refused the repeat and handed back its copy of the state, without the report;
+    `apply` crashed with MissingResult after applying. The report must reach the user all the same."""
+    from lost_answer_proxy import LostAnswerProxy
+
+    u = uid()
+    env, pool, flow = f"lost{u}", f"k8s-{u}", f"etl-{u}"
+    create_pool(pool)
+    create_deployment(flow, "a", pool)
+    repo = GitRepo(tmp_path / "gitops")
+    sha = repo.commit_env(env, {"deployments": {f"{flow}/a": {"job_variables": {"image": "x:1"}}}})
+    with LostAnswerProxy() as proxy:
+        monkeypatch.setenv("PREFECT_API_URL", proxy.url)
+        code, applied = cli_json("apply", "--source", repo.url, "--env", env)
+        assert proxy.lost == [applied["flow_run_id"]]  # the answer to its Completed state was lost
+        assert (applied["status"], applied["applied"], applied["revision"]) == ("applied", 1, sha)
+        # a Failed run's report (a State carrying it) comes through the same way
+        repo.commit_env(env, {"deployments": {f"{flow}/a": {"job_variables": {"image": "x:2"}},
+                                              f"{flow}/missing": {"job_variables": {"image": "x:2"}}}})
+        code, failed = cli_json("apply", "--source", repo.url, "--env", env, check_codes=(1,))
+        assert proxy.lost[-1] == failed["flow_run_id"] and len(proxy.lost) == 2
+        assert failed["status"] == "failed" and failed["errors"], failed
+    assert deployment_job_variables(f"{flow}/a") == {"image": "x:1"}
