@@ -439,7 +439,7 @@ class Bench:
                    PYTHONUNBUFFERED="1")
         return env
 
-    def run(self, kind: str, argv: list[str], timeout: float = 900, cwd: Path | None = None,
+    def run(self, kind: str, argv: list[str], timeout: float = 1800, cwd: Path | None = None,
             env: dict | None = None) -> dict:
         self.counter += 1
         self.git_log.write_text("")
