@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -31,6 +31,7 @@ from prefect_gitops.adapters.git_runner import (  # noqa: F401  (re-exported: te
 from prefect_gitops.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:  # prefect_gitlab imports prefect; keep this module light
+    from gitlab import Gitlab
     from prefect_gitlab import GitLabRepository
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,42 @@ class GitLabSource(GitSource):
         report_commit_status(self.api_url, self._token, self.project, sha, state, **kwargs)
 
 
+@contextlib.contextmanager
+def _gitlab_api(api_url: str, token: SecretStr | str, doing: str, timeout: float) -> Iterator[Gitlab]:
+    """A python-gitlab client of the instance at `api_url` (a trailing /api/v4 accepted), closed after, whose
+    errors become ours: 401/403 permanent (the token), 429, 5xx, no answer and connection problems transient,
+    other 4xx permanent. `doing` says what was being done ("report status 'success' on commit ..."); no
+    message carries the token."""
+    import gitlab  # python-gitlab; imported here so the Git side works without it
+    import requests
+
+    secret = token.get_secret_value() if isinstance(token, SecretStr) else str(token)
+
+    def scrub(text: str) -> str:
+        return text.replace(secret, "***") if secret else text
+
+    base = api_url.rstrip("/").removesuffix("/api/v4")
+    where = display_url(base)
+    client = gitlab.Gitlab(base, private_token=secret, timeout=timeout)
+    try:
+        yield client
+    except gitlab.exceptions.GitlabError as exc:
+        code = exc.response_code
+        if code in (401, 403):
+            raise PermanentError(f"GitLab rejected the token on {where} trying to {doing} "
+                                 f"(HTTP {code}): check the token and its api scope") from None
+        message = f"cannot {doing} on {where} (HTTP {code}): {scrub(str(exc.error_message or exc))}"
+        if code is None or code == 429 or code >= 500:
+            raise TransientError(message) from None
+        raise PermanentError(message) from None
+    except requests.exceptions.RequestException as exc:
+        raise TransientError(f"cannot reach GitLab on {where} to {doing}: "
+                             f"{scrub(type(exc).__name__ + ': ' + str(exc))}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            client.session.close()
+
+
 def report_commit_status(api_url: str, token: SecretStr, project: str | int, sha: str, state: str, *,
                          name: str = "prefect-gitops", description: str = "",
                          target_url: str | None = None, timeout: float = 10) -> None:
@@ -138,49 +175,24 @@ def report_commit_status(api_url: str, token: SecretStr, project: str | int, sha
     /api/v4 is accepted). Raises TransientError for connection problems, 429 and
     5xx, PermanentError for other 4xx; messages never contain the token.
     """
-    import gitlab  # python-gitlab; imported here so the Git side works without it
-    import requests
+    import gitlab
 
     if state not in COMMIT_STATES:
         raise PermanentError(f"commit status must be one of {', '.join(COMMIT_STATES)}, not {state!r}")
-    if not isinstance(token, SecretStr):
-        token = SecretStr(str(token))
-    secret = token.get_secret_value()
-
-    def scrub(text: str) -> str:
-        return text.replace(secret, "***") if secret else text
-
-    base = api_url.rstrip("/")
-    if base.endswith("/api/v4"):
-        base = base[: -len("/api/v4")]
-    where = f"commit {sha[:12]} of {project} on {display_url(base)}"
     data = {"state": state, "name": name, "description": description}
     if target_url:
         data["target_url"] = target_url
-    client = gitlab.Gitlab(base, private_token=secret, timeout=timeout)
-    try:
+    doing = f"report status {state!r} on commit {sha[:12]} of {project}"
+    with _gitlab_api(api_url, token, doing, timeout) as client:
         commit = client.projects.get(project, lazy=True).commits.get(sha, lazy=True)
-        commit.statuses.create(data)
-    except gitlab.exceptions.GitlabError as exc:
-        code = exc.response_code
-        detail = scrub(str(exc.error_message or exc))
-        if code in (401, 403):
-            raise PermanentError(f"GitLab rejected the token reporting status {state!r} on {where} "
-                                 f"(HTTP {code}): check the token and its api scope") from None
-        if code == 400 and "cannot transition status" in detail.lower():
-            logger.info("commit status of %s is already %s", where, state)
+        try:
+            commit.statuses.create(data)
+        except gitlab.exceptions.GitlabError as exc:
+            if exc.response_code != 400 or "cannot transition status" not in str(exc.error_message or exc).lower():
+                raise
+            logger.info("commit status of commit %s of %s is already %s", sha[:12], project, state)
             return
-        message = f"cannot report status {state!r} on {where} (HTTP {code}): {detail}"
-        if code is None or code == 429 or code >= 500:
-            raise TransientError(message) from None
-        raise PermanentError(message) from None
-    except requests.exceptions.RequestException as exc:
-        raise TransientError(f"cannot reach GitLab to report status {state!r} on {where}: "
-                             f"{scrub(type(exc).__name__ + ': ' + str(exc))}") from None
-    finally:
-        with contextlib.suppress(Exception):
-            client.session.close()
-    logger.info("reported commit status %s on %s", state, where)
+    logger.info("reported commit status %s on commit %s of %s", state, sha[:12], project)
 
 
 def upsert_merge_request(api_url: str, token: SecretStr, project: str | int, *, source_branch: str,
@@ -190,18 +202,8 @@ def upsert_merge_request(api_url: str, token: SecretStr, project: str | int, *, 
 
     Errors as `report_commit_status`: transient for connection problems, 429 and 5xx, permanent otherwise;
     messages never contain the token."""
-    import gitlab
-    import requests
-
-    secret = token.get_secret_value() if isinstance(token, SecretStr) else str(token)
-
-    def scrub(text: str) -> str:
-        return text.replace(secret, "***") if secret else text
-
-    base = api_url.rstrip("/").removesuffix("/api/v4")
-    where = f"project {project} on {display_url(base)}"
-    client = gitlab.Gitlab(base, private_token=secret, timeout=timeout)
-    try:
+    doing = f"open or update the merge request from {source_branch} in project {project}"
+    with _gitlab_api(api_url, token, doing, timeout) as client:
         found = client.projects.get(project)
         opened = found.mergerequests.list(source_branch=source_branch, state="opened", get_all=False)
         if opened:
@@ -215,21 +217,5 @@ def upsert_merge_request(api_url: str, token: SecretStr, project: str | int, *, 
                                              "remove_source_branch": True})
             created = True
         url = str(mr.web_url)
-    except gitlab.exceptions.GitlabError as exc:
-        code = exc.response_code
-        detail = scrub(str(exc.error_message or exc))
-        if code in (401, 403):
-            raise PermanentError(f"GitLab rejected the token opening a merge request in {where} "
-                                 f"(HTTP {code}): check the token and its api scope") from None
-        message = f"cannot open or update the merge request from {source_branch} in {where} (HTTP {code}): {detail}"
-        if code is None or code == 429 or code >= 500:
-            raise TransientError(message) from None
-        raise PermanentError(message) from None
-    except requests.exceptions.RequestException as exc:
-        raise TransientError(f"cannot reach GitLab to open a merge request in {where}: "
-                             f"{scrub(type(exc).__name__ + ': ' + str(exc))}") from None
-    finally:
-        with contextlib.suppress(Exception):
-            client.session.close()
     logger.info("%s merge request %s", "opened" if created else "updated", url)
     return url, created
