@@ -120,8 +120,7 @@ async def reconcile(
     url = where.url
     if not url:
         message = "give source_url or source_block: where is the GitOps repo?"
-        return Failed(message=message, data={"environment": environment, "status": "failed", "message": message,
-                                             "errors": [{"message": message}], "changes": [], "applied": 0})
+        return failed_run(environment, message)
     source = git_source(block, url)
     defaults: dict[str, Any] = {}
     if rollout_defaults_block:
@@ -242,24 +241,20 @@ async def promote(
     source_url, branch, path = where.url, where.ref, where.path
     if not source_url:
         message = "give source_url or source_block: which GitOps repo should the promotion commit to?"
-        return Failed(message=message, data={"status": "failed", "message": message, "environment": to_environment,
-                                             "errors": [{"message": message}], "changes": [], "applied": 0})
+        return failed_run(to_environment, message)
     try:  # the record of from_environment, on the server it lives on
         async with get_client() as client, environment_api(client, from_environment) as api:
             state, handle = await api.read_state(from_environment, history=False)
     except GitOpsError as exc:
-        return Failed(message=str(exc), data={"status": "failed", "message": str(exc), "environment": to_environment,
-                                              "errors": [{"message": str(exc)}], "changes": [], "applied": 0})
+        return failed_run(to_environment, str(exc), exc)
     if handle is None:
         message = f"environment {from_environment!r} has never been reconciled: nothing to promote"
-        return Failed(message=message, data={"status": "failed", "message": message, "environment": to_environment,
-                                             "errors": [{"message": message}], "changes": [], "applied": 0})
+        return failed_run(to_environment, message)
     source = git_source(block, source_url)  # push with the credentials the reconcile reads with
     try:
         sha, plan = run_promote(state, to_environment, source.writer(), branch, path)
     except GitOpsError as exc:
-        return Failed(message=str(exc), data={"status": "failed", "message": str(exc), "environment": to_environment,
-                                              "errors": [{"message": str(exc)}], "changes": [], "applied": 0})
+        return failed_run(to_environment, str(exc), exc)
     changes = [{"target_type": section.rstrip("s"), "target": target,
                 "key": "image", "old": plan.current.get((section, target)), "new": image}
                for (section, target), image in sorted(plan.updates.items())]
@@ -295,9 +290,9 @@ async def set_image(
     where = source_settings(block, source_url, branch, path)
     source_url, branch, path = where.url, where.ref, where.path
     if not source_url:
-        return _set_image_failed(environment, "give source_url or source_block: which GitOps repo should the image be written to?")
+        return failed_run(environment, "give source_url or source_block: which GitOps repo should the image be written to?")
     if (deployment is None) == (work_pool is None):
-        return _set_image_failed(environment, "give exactly one of deployment or work_pool: whose image is it?")
+        return failed_run(environment, "give exactly one of deployment or work_pool: whose image is it?")
     source = git_source(block, source_url)  # push with the credentials the reconcile reads with
     write = ImageWrite(environment=environment, target_type="deployment" if deployment else "work_pool",
                        target=deployment or work_pool or "", image=image)
@@ -305,7 +300,7 @@ async def set_image(
         result = await write_images(block, source, [write], branch=branch, folder=path, merge_request=merge_request,
                                     message=message or "")
     except GitOpsError as exc:
-        return _set_image_failed(environment, str(exc), exc)
+        return failed_run(environment, str(exc), exc)
     written = result.writes[0]
     if written.outcome == "committed":
         summary = f"committed {written.revision} to {branch}: {write.describe()} {written.old or '(none)'} -> {image}"
@@ -322,7 +317,9 @@ async def set_image(
             "changes": changes, "applied": len(changes), "errors": []}
 
 
-def _set_image_failed(environment: str, message: str, exc: Exception | None = None) -> State[Any]:
+def failed_run(environment: str, message: str, exc: Exception | None = None) -> State[Any]:
+    """The Failed end of a control flow that stopped before its work began (a parameter missing, its input
+    refused): the message logged, the report of nothing done, a bad file's problems with file, line and key."""
     from prefect_gitops.errors import ConfigError
 
     errors = ([p.to_dict() for p in exc.problems] if isinstance(exc, ConfigError) else [{"message": message}])

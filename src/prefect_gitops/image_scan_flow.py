@@ -12,7 +12,15 @@ from pydantic import Field
 
 from prefect_gitops.adapters.git import GitSource
 from prefect_gitops.errors import GitOpsError
-from prefect_gitops.flows import _flow_run_id, git_source, keeps_what_it_returns, load_block, param, source_settings
+from prefect_gitops.flows import (
+    _flow_run_id,
+    failed_run,
+    git_source,
+    keeps_what_it_returns,
+    load_block,
+    param,
+    source_settings,
+)
 from prefect_gitops.image_policy import ImageDecision
 from prefect_gitops.image_scan import ScanResult, WriteBack, WriteBackOutcome, scan, write_decisions
 from prefect_gitops.loader import load_environment
@@ -40,7 +48,7 @@ async def image_scan(
     url, branch, folder = where.url, where.ref, where.path
     if not url:
         message = "give source_url or source_block: where is the GitOps repo?"
-        return Failed(message=message, data={"environment": environment, "status": "failed", "message": message})
+        return failed_run(environment, message)
     source = git_source(block, url)
     write_back = image_write_back(source, block, branch, folder, merge_request)
     return await run_image_scan(environment, source, branch, folder, write_back, dry_run=dry_run,
@@ -59,7 +67,7 @@ async def run_image_scan(environment: str, source: GitSource, branch: str, folde
         loaded = await asyncio.to_thread(_load, source, revision, folder, environment)
     except GitOpsError as exc:
         message = f"image scan of {environment}: {exc}"
-        return Failed(message=message[:5000], data={"environment": environment, "status": "failed", "message": message})
+        return failed_run(environment, message, exc)
     result: ScanResult = await scan(loaded, revision, open_registry, flow_run_id=flow_run_id)
     if not dry_run:
         result = await write_decisions(result, write_back)
