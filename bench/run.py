@@ -1061,6 +1061,8 @@ def main() -> None:
         return
 
     started = time.perf_counter()
+    # killed (SIGTERM), the run stops its servers as on Ctrl-C: PostgreSQL, Redis and Prefect's processes
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     base = Path(tempfile.mkdtemp(prefix="prefect-gitops-bench-"))
     os.environ.update(PREFECT_HOME=str(base / "orchestrator-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     info = machine()

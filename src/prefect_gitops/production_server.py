@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ui", action="store_true", help="do not serve the UI from the replicas")
     args = parser.parse_args(argv)
     home = args.home or Path(tempfile.mkdtemp(prefix="prefect-gitops-production-"))
+    # a SIGTERM (kill, a supervisor stopping it) stops everything as Ctrl-C does: without this the
+    # process dies at once and leaves PostgreSQL, Redis and the API replicas running
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         with running_production_server(home, args.replicas, ui=not args.no_ui) as server:
             import asyncio
