@@ -329,6 +329,8 @@ def set_image(source: Optional[str] = typer.Option(None, "--source", envvar="PRE
                                           "$CI_PROJECT_PATH pipeline $CI_PIPELINE_URL)."),
               ref: Optional[str] = typer.Option(None, "--ref", help="Branch to commit to (default: the block's ref, else main)."),
               path: Optional[str] = typer.Option(None, "--path", help="Folder of the environment files (default: the block's, else environments)."),
+              policy_block: Optional[str] = typer.Option(
+                  None, "--policy-block", help="GitOps Policy block the image must keep to (default: gitops-policy if it exists)."),
               output: Output = OUTPUT) -> None:
     """Write IMAGE into ENV's file for one deployment or work pool, as a commit (or a merge request)."""
     import os
@@ -343,7 +345,8 @@ def set_image(source: Optional[str] = typer.Option(None, "--source", envvar="PRE
         message = f"{os.environ.get('CI_PROJECT_PATH', 'CI')} pipeline {os.environ['CI_PIPELINE_URL']}"
     _run_flow(set_image_flow, output, env, environment=env, image=image, deployment=deployment, work_pool=work_pool,
               merge_request=merge_request, message=message, source_block=source_block,
-              source_url=hide_credentials(source) if source else None, branch=ref, path=path)
+              source_url=hide_credentials(source) if source else None, branch=ref, path=path,
+              policy_block=policy_block)
 
 
 EXIT_TIMEOUT = 124  # as timeout(1)

@@ -282,6 +282,7 @@ async def set_image(
     source_url: str | None = param(None, "GitOps repository URL", description="The repository to write to (push access needed)."),
     branch: str | None = param(None, "Branch", description="Branch to commit to, or the merge request's target (default: the block's ref, else main)."),
     path: str | None = param(None, "Environments folder", description="Folder of the environment files inside the repo (default: the block's, else environments)."),
+    policy_block: str | None = param(None, "GitOps Policy block", description="Name of the GitOps Policy block the image must keep to (its registries, digests), as the reconcile's policy_block; a block named here must exist. Left empty: the gitops-policy block if there is one."),
 ) -> dict[str, Any] | State[Any]:
     from prefect_gitops.image_write import ImageWrite
 
@@ -298,7 +299,7 @@ async def set_image(
                        target=deployment or work_pool or "", image=image)
     try:
         result = await write_images(block, source, [write], branch=branch, folder=path, merge_request=merge_request,
-                                    message=message or "")
+                                    message=message or "", policy_block=policy_block)
     except GitOpsError as exc:
         return failed_run(environment, str(exc), exc)
     written = result.writes[0]
@@ -329,14 +330,16 @@ def failed_run(environment: str, message: str, exc: Exception | None = None) -> 
 
 
 async def write_images(block: GitOpsSource | None, source: GitSource, writes: list[ImageWrite], *, branch: str,
-                       folder: str, merge_request: bool, message: str) -> WriteBackResult:
+                       folder: str, merge_request: bool, message: str,
+                       policy_block: str | None = None) -> WriteBackResult:
     """Push mode's and pull mode's write-back: checked against the GitOps Policy block the reconcile
-    checks (if there is one), committed or proposed with the source's credentials."""
+    checks (`policy_block`, else gitops-policy if there is one), committed or proposed with the source's
+    credentials."""
     from prefect_gitops.adapters.image_write_back import write_back
     from prefect_gitops.adapters.policy_store import read_policy
 
     async with get_client() as client:
-        policy = await read_policy(client, None)
+        policy = await read_policy(client, policy_block)
     return await write_back(source, writes, branch=branch, folder=folder, merge_request=merge_request,
                             message=message, policy=policy,
                             gitlab=_merge_request_api(block, source) if merge_request else None)

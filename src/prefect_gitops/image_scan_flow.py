@@ -42,6 +42,7 @@ async def image_scan(
     path: str | None = param(None, "Environments folder", description="Folder of the environment files (default: the block's, else environments)."),
     merge_request: bool = param(False, "Merge request", description="Open a GitLab merge request per target instead of committing to the branch."),
     dry_run: bool = param(False, "Dry run", description="Scan and report; write nothing back."),
+    policy_block: str | None = param(None, "GitOps Policy block", description="Name of the GitOps Policy block the chosen images must keep to, as the reconcile's policy_block; a block named here must exist. Left empty: the gitops-policy block if there is one."),
 ) -> dict[str, Any] | State[Any]:
     block = await load_block("GitOpsSource", source_block) if source_block else None
     where = source_settings(block, source_url, branch, path)
@@ -50,7 +51,7 @@ async def image_scan(
         message = "give source_url or source_block: where is the GitOps repo?"
         return failed_run(environment, message)
     source = git_source(block, url)
-    write_back = image_write_back(source, block, branch, folder, merge_request)
+    write_back = image_write_back(source, block, branch, folder, merge_request, policy_block=policy_block)
     return await run_image_scan(environment, source, branch, folder, write_back, dry_run=dry_run,
                                 flow_run_id=_flow_run_id())
 
@@ -98,7 +99,7 @@ def _load(source: GitSource, revision: str, folder: str, environment: str) -> An
 
 
 def image_write_back(source: GitSource, block: GitOpsSource | None, branch: str, folder: str,
-                     merge_request: bool) -> WriteBack:
+                     merge_request: bool, *, policy_block: str | None = None) -> WriteBack:
     """The seam: push mode's write-back (flows.write_images), the same commit or merge request `set-image` makes."""
 
     async def write(decisions: list[ImageDecision], message: str) -> WriteBackOutcome:
@@ -111,7 +112,8 @@ def image_write_back(source: GitSource, block: GitOpsSource | None, branch: str,
                      if (merge_request or d.merge_request) == as_merge_request]
             if group:
                 done = await write_images(block, source, group, branch=branch, folder=folder,
-                                          merge_request=as_merge_request, message=message)
+                                          merge_request=as_merge_request, message=message,
+                                          policy_block=policy_block)
                 combined.writes += done.writes
                 combined.revision = done.revision or combined.revision
                 combined.merge_request_url = done.merge_request_url or combined.merge_request_url

@@ -242,3 +242,35 @@ def test_bad_input_is_refused_with_nothing_pushed(world):
     # neither or both of --deployment and --work-pool
     done = cli("set-image", "--source-block", world["block"], "--env", env, "--image", "a:1", check_codes=(1,))
     assert done.stderr == "give exactly one of --deployment NAME or --work-pool NAME\n"
+
+
+def test_a_named_gitops_policy_block_refuses_the_image_with_nothing_pushed(world):
+    """As the reconcile's `policy_block`: a block named by --policy-block (a named one, so it binds no other
+    test's reconcile as the default gitops-policy block would) refuses an image from a registry it does not
+    allow, naming file, line and key, before anything is pushed; a name with no block is refused too."""
+    from prefect_gitops.blocks import GitOpsPolicy
+
+    env, flow, repo = world["env"], world["flow"], world["repo"]
+    policy = f"policy-{world['block']}"
+    GitOpsPolicy(all_targets={"allowed_images": ["reg.example.com/"]}).save(policy)
+    before = repo.rev()
+
+    done = cli("set-image", "--source-block", world["block"], "--env", env, "--deployment", f"{flow}/app",
+               "--image", "evil.example.com/app:2", "--policy-block", policy, "--output", "json", check_codes=(1,))
+    report = json.loads(done.stdout)
+    [error] = report["errors"]
+    assert (error["file"], error["line"], error["key"]) == (repo.file, 9, f"deployments.{flow}/app.job_variables.image")
+    assert "is not from a registry the GitOps policy allows (reg.example.com/)" in error["message"], error
+    assert repo.rev() == before and repo.pushes() == 0
+
+    done = cli("set-image", "--source-block", world["block"], "--env", env, "--deployment", f"{flow}/app",
+               "--image", "reg.example.com/app:2", "--policy-block", f"{policy}-gone", "--output", "json",
+               check_codes=(1,))
+    assert json.loads(done.stdout)["message"] == (f"the GitOps Policy block '{policy}-gone' does not exist on the "
+                                                  "Prefect server (block type gitops-policy); nothing was written")
+    assert repo.rev() == before and repo.pushes() == 0
+
+    # an image the policy allows is written
+    cli("set-image", "--source-block", world["block"], "--env", env, "--deployment", f"{flow}/app",
+        "--image", "reg.example.com/app:2", "--policy-block", policy)
+    assert "image: reg.example.com/app:2   # set by app's pipeline" in repo.show()
