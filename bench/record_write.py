@@ -2,12 +2,14 @@
 product's adapter on a fresh local server (SQLite) — the figure of issue 17's target (<= 0.3 s), without the
 hour a full N = 10,000 run takes.
 
-    .venv/bin/python bench/record_write.py --n 10000 --reps 7      # about 3 minutes
+    .venv/bin/python bench/record_write.py --n 10000 --reps 7      # about 1 minute
+    .venv/bin/python bench/record_write.py --backend postgres      # on the production-shaped server
 
 The state holds what the benchmark's environment holds at N (an image and an env per deployment, half of
 them taking the image from their pool: 1.5 keys per deployment), the history 50 entries of an apply of a
 new image for all N (N/2 changes each). Each rep reads the state as a reconcile does (without the history),
-adds one such entry, and times write_state: the entry's document, the state, the oldest entry's delete.
+adds one such entry, and times write_state: the entry's document and the state, with the entry the previous write pruned off the
+cap deleted alongside.
 Prints one JSON line.
 """
 
@@ -81,18 +83,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10000)
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
+                        help="postgres: the production-shaped server (PostgreSQL, Redis, two API replicas), as run.py")
     args = parser.parse_args()
 
     import os
+    import signal
+    import sys
 
     from prefect_gitops.local_server import free_port, running_server, server_env
 
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # stop the servers on kill
     home = Path(tempfile.mkdtemp(prefix="prefect-gitops-record-"))
+    if args.backend == "postgres":
+        from prefect_gitops.production_server import running_production_server
+
+        with running_production_server(home) as server:
+            os.environ.update(server.client_env(0), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            print(json.dumps({"backend": "postgres", **asyncio.run(measure(args.n, args.reps))}))
+        return
     port = free_port()
     env = server_env(home, port)
     with running_server(home, port, env={**os.environ, **env}):
         os.environ.update(env)
-        print(json.dumps(asyncio.run(measure(args.n, args.reps))))
+        print(json.dumps({"backend": "sqlite", **asyncio.run(measure(args.n, args.reps))}))
 
 
 if __name__ == "__main__":

@@ -361,8 +361,9 @@ def _gitops(client):
 async def state_cost(server: Server, reps: int) -> dict:
     """What reading and writing the recorded state costs at its current size, through the product's
     adapter: the read and the write of a no-op reconcile (the state alone), the read of the whole
-    history, and the record write of an apply (its history entry, the state, and at the cap the
-    oldest entry's delete). The entry added is a copy of the newest, as large as an apply of all N."""
+    history, and the record write of an apply (its history entry and the state; at the cap, with the
+    entry the previous write pruned deleted alongside). The entry added is a copy of the newest, as large
+    as an apply of all N."""
     light_reads, full_reads, writes, history_writes = [], [], [], []
     async with api(server) as client:
         gitops = _gitops(client)
@@ -926,7 +927,7 @@ def summarize(all_results: list[dict]) -> tuple[str, str]:
                                 ">= 5x", peer_change / whole >= 5 if n >= 1000 else None))
         cost = results.get("state_cost_at_cap") or {}
         if cost.get("write_with_history_s") is not None:
-            targets.append((n, "an apply's record write at the history cap (its entry, the state, the oldest "
+            targets.append((n, "an apply's record write at the history cap (its entry, the state, the previous write's pruned "
                             "entry's delete; through the product's adapter)", f"{cost['write_with_history_s']:.3f} s",
                             "<= 0.3 s", cost["write_with_history_s"] <= 0.3 if n >= 1000 else None))
         rss = max([r.get("rss_mb") or 0 for kind, runs in results["runs"].items()

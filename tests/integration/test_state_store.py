@@ -78,19 +78,25 @@ def test_an_entry_is_written_alone_and_the_cap_deletes_only_the_oldest():
     handle = call("write_state", state, None)
     before = documents(env)
     assert len(before) == HISTORY_LIMIT + 1
+    [oldest_id] = [str(d.id) for d in run(_with_client(lambda client: record_documents(client, env)))
+                   if d.name == entry_block_name(env, 1)]
 
     light, handle = call("read_state", env, history=False)
     light.add_history(entry("f" * 40, 99))
     call("write_state", light, handle)
     after = documents(env)
     newest, oldest = entry_block_name(env, HISTORY_LIMIT + 1), entry_block_name(env, 1)
-    assert newest in after and oldest not in after
-    unchanged = set(before) - {oldest, state_block_name(env)}
+    assert newest in after
+    unchanged = set(before) - {state_block_name(env)}
     assert {n: after[n] for n in unchanged} == {n: before[n] for n in unchanged}  # not rewritten
-    assert len(after[state_block_name(env)][1]["history_pruning"]) == 1  # listed until the next write
+    # the oldest fell off the index; its document is listed for deletion and goes with the next write
+    assert [s.seq for s in call("read_state", env, history=False)[0].history_index][-1] == 2
+    assert after[state_block_name(env)][1]["history_pruning"] == [oldest_id]
     again, handle = call("read_state", env, history=False)
     call("write_state", again, handle)
-    assert documents(env)[state_block_name(env)][1]["history_pruning"] == []
+    gone = documents(env)
+    assert oldest not in gone and len(gone) == HISTORY_LIMIT + 1
+    assert gone[state_block_name(env)][1]["history_pruning"] == []
 
     full, _ = call("read_state", env)
     assert [h.revision for h in full.history] == ["f" * 40] + [f"{i:040d}" for i in range(HISTORY_LIMIT - 1, 0, -1)]

@@ -249,7 +249,7 @@ def _renumber(state: EnvironmentState, entry: HistoryEntry, document: str) -> No
 async def write_state(client: PrefectClient, state: EnvironmentState, handle: StateHandle | None) -> StateHandle:
     handle = handle or StateHandle(None)
     left = (handle.state_document.data or {}).get("history_pruning") or [] if handle.state_document else []
-    # independent of each other: what an earlier write left to delete, and the new entries
+    # independent of each other: what the previous write pruned off the cap, and the new entries
     await _together(_delete_documents(client, left), _store_new_entries(client, state, handle))
     pruning = await _document_ids(client, state.environment, state.history_index[HISTORY_LIMIT:])
     del state.history_index[HISTORY_LIMIT:]
@@ -261,9 +261,8 @@ async def write_state(client: PrefectClient, state: EnvironmentState, handle: St
         condition=f"{'Ready' if condition.ready else 'NotReady'} {condition.reason}: {condition.message}"[:500]
         if condition else None,
         state_packed=pack(state.model_dump_json(exclude={"history"})), history_pruning=pruning))
-    if pruning:
-        await _delete_documents(client, pruning)
-        (handle.state_document.data or {})["history_pruning"] = []  # gone: the next write stops listing them
+    # the pruned entries are deleted by the next write (every reconcile writes the state), alongside its own
+    # entry: not after this one, which an apply waits for. Listed first, so a crash cannot lose track of them.
     if handle.legacy_document is not None:  # moved: the 0.2 history document goes
         await _delete_document(client, handle.legacy_document.id)
         handle.legacy_document = None
