@@ -927,8 +927,8 @@ def summarize(all_results: list[dict]) -> tuple[str, str]:
                                 ">= 5x", peer_change / whole >= 5 if n >= 1000 else None))
         cost = results.get("state_cost_at_cap") or {}
         if cost.get("write_with_history_s") is not None:
-            targets.append((n, "an apply's record write at the history cap (its entry, the state, the previous write's pruned "
-                            "entry's delete; through the product's adapter)", f"{cost['write_with_history_s']:.3f} s",
+            targets.append((n, "an apply's record write at the history cap (its entry, the state and the pruning of "
+                            "the oldest; through the product's adapter)", f"{cost['write_with_history_s']:.3f} s",
                             "<= 0.3 s", cost["write_with_history_s"] <= 0.3 if n >= 1000 else None))
         rss = max([r.get("rss_mb") or 0 for kind, runs in results["runs"].items()
                    if not kind.startswith(("floor", "peer", "trigger")) for r in runs] or [0])
