@@ -1,6 +1,7 @@
 """A recording reverse proxy for racing creates: one port per racer, every read and create of one target
 recorded in the order the proxy saw them, and a barrier that lets the racers' reads of the target out
-only once every racer has sent one (so both find it missing, as two runs that start together can).
+only once every racer has sent one, and their creates only once every read has its answer (so both find
+it missing, as two runs that start together can).
 
 It records, it does not answer: every request goes to the real server and every answer comes back
 unchanged (websockets too, for the runs' events and logs)."""
@@ -62,6 +63,7 @@ class RaceRecorder(WriteRecorder):
         self.exchanges: list[Exchange] = []
         self._clock = itertools.count()
         self._read_by: set[str] = set()
+        self._answered: set[str] = set()  # racers whose first read of the target has its answer
         self.barrier_timed_out = False
 
     def url(self, racer: str) -> str:  # type: ignore[override]
@@ -105,6 +107,15 @@ class RaceRecorder(WriteRecorder):
                                            self.barrier_seconds)
                 except asyncio.TimeoutError:
                     self.barrier_timed_out = True
+        if kind == "create":
+            # and no create goes out before every racer's read has its answer: with a replica per racer,
+            # a read sent first can still be answered after the other replica committed a create
+            async with self.changed:
+                try:
+                    await asyncio.wait_for(self.changed.wait_for(lambda: self._answered >= set(self.racers)),
+                                           self.barrier_seconds)
+                except asyncio.TimeoutError:
+                    self.barrier_timed_out = True
         if exchange is not None:
             exchange.forwarded = next(self._clock)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in self.HOP_BY_HOP}
@@ -118,6 +129,10 @@ class RaceRecorder(WriteRecorder):
             exchange.answered, exchange.status = next(self._clock), status
             # the answer is kept as the client sees it (gzip is left to the client: decode it here)
             exchange.answer = _decoded(payload, dict(answer_headers))
+        if kind == "read":
+            async with self.changed:
+                self._answered.add(racer)
+                self.changed.notify_all()
         return web.Response(status=status, body=payload, headers=CIMultiDict(answer_headers))
 
     def _upstream(self, racer: str, method: str, path: str) -> str:

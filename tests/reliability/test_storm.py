@@ -18,7 +18,7 @@ What must hold, read back from the server:
   exit 0 or 3; none Failed (a run that fetched a revision, waited for the lock and found a newer one
   applied ends "up to date", not refused as a rewritten history).
 
-Runs: 6 at once (PREFECT_GITOPS_FULL_TRIALS=1: 20), 3 revisions (full: 5). Seeded: the order in which the
+Runs: 4 at once (PREFECT_GITOPS_FULL_TRIALS=1: 20), 3 revisions (full: 5). Seeded: the order in which the
 two kinds of reconciles are started (seed in every assertion message). Wall time: about 165 s (the
 control plane ~25 s of it) on a 2-core machine loaded 4x over; a good part is the worker starting a process
 per deployment run.
@@ -106,7 +106,7 @@ def _writing_intervals(flow_run_ids: list[str]) -> dict[str, tuple]:
 
 def test_storm_of_reconciles_while_git_moves(tmp_path):
     rng = random.Random(SEED)
-    runs, revisions = trial_count(6, 20), trial_count(3, 5)
+    runs, revisions = trial_count(4, 20), trial_count(3, 5)
     t0 = time.monotonic()
     # schedules deployed paused: a 10 s schedule makes the server's scheduler insert 100 runs ahead for
     # each reconcile deployment, and on a loaded SQLite server that alone locks the database for minutes
