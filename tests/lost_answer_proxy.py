@@ -5,66 +5,34 @@ ends with the server's copy of the final state, which carries no result data."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import threading
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from write_recorder import WriteRecorder, relay_websocket
 
 
-class LostAnswerProxy:
+class LostAnswerProxy(WriteRecorder):
+    """WriteRecorder's proxy (its thread, loop, port and session), watching no deployment writes."""
+
     FLOW_RUN_STATE = re.compile(r"^/api/flow_runs/([0-9a-f-]{36})/set_state$")
 
     def __init__(self, final_types: tuple[str, ...] = ("COMPLETED", "FAILED")):
+        super().__init__(watch={}, hold_until=0, hold_seconds=0)
         self.final_types = final_types
-        self.upstream = os.environ["PREFECT_API_URL"].rsplit("/api", 1)[0]
         self.lost: list[str] = []  # flow run ids whose final state's answer was lost
-
-    def __enter__(self) -> LostAnswerProxy:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
-
-    async def _start(self) -> int:
-        self.session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=300))
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        return self.runner.addresses[0][1]
-
-    async def _stop(self) -> None:
-        await self.runner.cleanup()
-        await self.session.close()
 
     async def _handle(self, request):
         if request.headers.get("upgrade", "").lower() == "websocket":
             return await relay_websocket(self.session, self.upstream, request)
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in WriteRecorder.HOP_BY_HOP}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in self.HOP_BY_HOP}
         async with self.session.request(request.method, self.upstream + request.path_qs, headers=headers,
                                         data=body, allow_redirects=False) as answer:
             payload = await answer.read()
-            answer_headers = [(k, v) for k, v in answer.headers.items() if k.lower() not in WriteRecorder.HOP_BY_HOP]
+            answer_headers = [(k, v) for k, v in answer.headers.items() if k.lower() not in self.HOP_BY_HOP]
             status = answer.status
         run_id = self._final_state_write(request, body)
         if run_id and status < 300 and run_id not in self.lost:
