@@ -55,8 +55,6 @@ _RETURNED_KEPT = 16
 
 FlowResult = dict[str, Any] | State[Any]  # what the control flows return: the report, or a State carrying it
 P = ParamSpec("P")
-
-
 FlowFunction = Callable[P, Coroutine[Any, Any, FlowResult]]
 
 
