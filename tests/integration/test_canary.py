@@ -241,11 +241,22 @@ def test_canary_past_its_timeout_is_cancelled_and_holds_the_change(tmp_path, can
     assert [s.type.value for s in history[-2:]] == ["CANCELLING", "CANCELLED"]
 
 
-def test_canary_and_post_apply_runs_carry_the_documented_tags(estate):
+def test_canary_and_post_apply_run_once_each_with_the_documented_tags_when_a_create_answer_is_lost(
+        estate, monkeypatch):
+    """The reconcile talks to the server through a proxy that loses the answer to each flow run creation
+    once (the server made the run; Prefect's client sends the create again): still one run of each, as on a
+    stalling server (CI saw a second canary run there before the creates carried an idempotency key)."""
+    from lost_answer_proxy import LostAnswerProxy, flow_run_creates
+
     e = estate
     smoke = {"kind": "canary", "timeout_seconds": 120, "post_apply": {"kind": "canary", "timeout_seconds": 120}}
     e["repo"].commit_env(e["env"], {"smoke_test": smoke, "deployments": {e["dep"]: {"job_variables": {"image": "flows:2"}}}})
-    result = apply(e)
+    with LostAnswerProxy(lose=flow_run_creates) as proxy:
+        monkeypatch.setenv("PREFECT_API_URL", proxy.url)
+        result = apply(e)
+    name = e["dep"].split("/")[-1]
+    assert sorted(lost.split(":")[1] for lost in proxy.lost) == [f"canary-{e['env']}-{name}",
+                                                                f"post-apply-{e['env']}-{name}"]
     assert result["status"] == "applied" and result["smoke_tests"][0]["result"] == "passed"
     assert result["post_apply"] == {e["dep"]: {"result": "passed",
                                                "message": f"run post-apply-{e['env']}-{e['dep'].split('/')[-1]} completed"}}

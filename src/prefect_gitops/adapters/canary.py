@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -26,9 +26,12 @@ async def run_canary(client: PrefectClient, test_id: str, deployment: str, param
     job_variables = {"image": image} if image else None
     tags = [*CANARY_TAGS, f"prefect-gitops-env:{environment}", f"prefect-gitops-{purpose}"]
     try:
+        # The idempotency key makes Prefect's client's retry of the create (after a 503 or a lost answer, the
+        # server having made the run) return that run, not a second one. New for each call: a later test of
+        # the same image (another reconcile, or this flow run retried) must start a run of its own.
         flow_run = await arun_deployment(
             name=deployment, client=client, parameters=parameters, timeout=timeout, poll_interval=1,
-            tags=tags, job_variables=job_variables, as_subflow=as_subflow,
+            tags=tags, job_variables=job_variables, as_subflow=as_subflow, idempotency_key=uuid4().hex,
             flow_run_name=f"{purpose}-{environment}-{deployment.split('/')[-1]}")
     except Exception as exc:
         return SmokeResult(test_id, False, "error", f"cannot start a run of {deployment}: {exc}")
