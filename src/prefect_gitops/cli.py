@@ -11,6 +11,7 @@ import json
 import sys
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
+from uuid import uuid4
 
 import typer
 
@@ -380,8 +381,10 @@ def trigger(env: str = ENV,
 
         async with get_client() as client:
             try:
+                # a create retried after a lost answer gets back the run the server made, not a second one
                 flow_run = await arun_deployment(name=name, client=client, parameters=parameters, timeout=0,
-                                                 as_subflow=False, tags=["prefect-gitops-trigger"])
+                                                 as_subflow=False, tags=["prefect-gitops-trigger"],
+                                                 idempotency_key=uuid4().hex)
             except ObjectNotFound:
                 sys.stderr.write(f"cannot start {name}: no such deployment on this Prefect server; "
                                  f"{await _reconcile_deployments(client)}\n")

@@ -104,13 +104,23 @@ def test_the_ci_rollout_job_triggers_a_reconcile(control_plane):
 
 
 def test_trigger_exit_codes(control_plane):
-    def trigger(*args):
+    from lost_answer_proxy import LostAnswerProxy, flow_run_creates
+
+    def trigger(*args, api_url=None):
+        env = {**control_plane.env_vars(), **({"PREFECT_API_URL": api_url} if api_url else {})}
         return subprocess.run([sys.executable, "-m", "prefect_gitops", "trigger", "--env", "qa", *args],
-                              capture_output=True, text=True, env=control_plane.env_vars(), timeout=300)
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    def triggered() -> set:
+        return {r.id for r in flow_runs_of("gitops-reconcile/reconcile-qa") if not r.auto_scheduled}
 
     assert trigger("--wait", "--revision", "0" * 40).returncode == 1  # a revision that does not exist: Failed
-    timed_out = trigger("--wait", "--timeout", "0")
+    # the answer to the create lost once (the server made the run, the client sends it again): one run
+    before = triggered()
+    with LostAnswerProxy(lose=flow_run_creates) as proxy:
+        timed_out = trigger("--wait", "--timeout", "0", api_url=proxy.url)
     assert timed_out.returncode == 124 and "still" in timed_out.stderr
+    assert len(proxy.lost) == 1 and len(triggered() - before) == 1, timed_out.stdout
     for missing in (trigger("--deployment", "gitops-reconcile/no-such"), trigger("--env", "nosuchenv", "--wait")):
         assert missing.returncode == 1 and "no such deployment" in missing.stderr, missing.stderr
         assert "gitops-reconcile/reconcile-qa" in missing.stderr and "gitops-reconcile/reconcile-prod" in missing.stderr
