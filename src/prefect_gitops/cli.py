@@ -328,6 +328,9 @@ def set_image(source: Optional[str] = typer.Option(None, "--source", envvar="PRE
               message: Optional[str] = typer.Option(
                   None, "--message", help="Which pipeline asks, for the commit message (default in GitLab CI: "
                                           "$CI_PROJECT_PATH pipeline $CI_PIPELINE_URL)."),
+              author: Optional[str] = typer.Option(
+                  None, "--author", help='Whom the commit is made for, "Name <email>" (default in GitLab CI: '
+                                         '"$GITLAB_USER_NAME <$GITLAB_USER_EMAIL>"); prefect-gitops commits it.'),
               ref: Optional[str] = typer.Option(None, "--ref", help="Branch to commit to (default: the block's ref, else main)."),
               path: Optional[str] = typer.Option(None, "--path", help="Folder of the environment files (default: the block's, else environments)."),
               policy_block: Optional[str] = typer.Option(
@@ -344,8 +347,10 @@ def set_image(source: Optional[str] = typer.Option(None, "--source", envvar="PRE
         raise typer.Exit(1)
     if message is None and os.environ.get("CI_PIPELINE_URL"):  # GitLab CI's predefined variables
         message = f"{os.environ.get('CI_PROJECT_PATH', 'CI')} pipeline {os.environ['CI_PIPELINE_URL']}"
+    if author is None and os.environ.get("GITLAB_USER_EMAIL"):  # the user who started the pipeline
+        author = f"{os.environ.get('GITLAB_USER_NAME') or os.environ['GITLAB_USER_EMAIL']} <{os.environ['GITLAB_USER_EMAIL']}>"
     _run_flow(set_image_flow, output, env, environment=env, image=image, deployment=deployment, work_pool=work_pool,
-              merge_request=merge_request, message=message, source_block=source_block,
+              merge_request=merge_request, message=message, author=author, source_block=source_block,
               source_url=hide_credentials(source) if source else None, branch=ref, path=path,
               policy_block=policy_block)
 

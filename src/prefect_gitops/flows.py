@@ -30,7 +30,7 @@ from prefect_gitops.status import RunEnd, outcome
 
 if TYPE_CHECKING:  # for annotations only: load_block() imports the block types when a block is named
     from prefect_gitops.adapters.image_write_back import MergeRequestApi
-    from prefect_gitops.image_write import ImageWrite, WriteBackResult
+    from prefect_gitops.image_write import Author, ImageWrite, WriteBackResult
     from prefect_gitops.blocks import GitOpsRolloutDefaults, GitOpsSmokeTestDefaults, GitOpsSource
 
 
@@ -276,15 +276,20 @@ async def set_image(
     work_pool: str | None = param(None, "Work pool", description="The work pool whose default image to set (give this or a deployment)."),
     merge_request: bool = param(False, "Merge request", description="Open (or update) a GitLab merge request into the branch instead of committing to it."),
     message: str | None = param(None, "Message", description="Added to the commit message and the merge request: which pipeline asks (e.g. its URL)."),
+    author: str | None = param(None, "Author", description='Whom the commit is made for, "Name <email>" (e.g. the pipeline\'s user: "$GITLAB_USER_NAME <$GITLAB_USER_EMAIL>"); prefect-gitops is its committer. Left empty: prefect-gitops.'),
     source_block: str | None = param(None, "GitOps Source block", description="Name of a saved GitOps Source block: the repository (and its branch and folder) to write to, with its credentials. The fields below override it when set."),
     source_url: str | None = param(None, "GitOps repository URL", description="The repository to write to (push access needed)."),
     branch: str | None = param(None, "Branch", description="Branch to commit to, or the merge request's target (default: the block's ref, else main)."),
     path: str | None = param(None, "Environments folder", description="Folder of the environment files inside the repo (default: the block's, else environments)."),
     policy_block: str | None = param(None, "GitOps Policy block", description="Name of the GitOps Policy block the image must keep to (its registries, digests), as the reconcile's policy_block; a block named here must exist. Left empty: the gitops-policy block if there is one."),
 ) -> dict[str, Any] | State[Any]:
-    from prefect_gitops.image_write import ImageWrite
+    from prefect_gitops.image_write import ImageWrite, parse_author
 
     logger = get_run_logger()
+    try:
+        made_for = parse_author(author) if author else None
+    except GitOpsError as exc:
+        return failed_run(environment, str(exc), exc)
     block = await load_block("GitOpsSource", source_block) if source_block else None
     where = source_settings(block, source_url, branch, path)
     source_url, branch, path = where.url, where.ref, where.path
@@ -297,7 +302,7 @@ async def set_image(
                        target=deployment or work_pool or "", image=image)
     try:
         result = await write_images(block, source, [write], branch=branch, folder=path, merge_request=merge_request,
-                                    message=message or "", policy_block=policy_block)
+                                    message=message or "", policy_block=policy_block, author=made_for)
     except GitOpsError as exc:
         return failed_run(environment, str(exc), exc)
     written = result.writes[0]
@@ -328,18 +333,20 @@ def failed_run(environment: str, message: str, exc: Exception | None = None) -> 
 
 
 async def write_images(block: GitOpsSource | None, source: GitSource, writes: list[ImageWrite], *, branch: str,
-                       folder: str, merge_request: bool, message: str,
-                       policy_block: str | None = None) -> WriteBackResult:
+                       folder: str, merge_request: bool, message: str, policy_block: str | None = None,
+                       author: Author | None = None) -> WriteBackResult:
     """Push mode's and pull mode's write-back: checked against the GitOps Policy block the reconcile
     checks (`policy_block`, else gitops-policy if there is one), committed or proposed with the source's
-    credentials."""
+    credentials, for `author` (else prefect-gitops), the message ending with a trailer naming this flow run."""
     from prefect_gitops.adapters.image_write_back import write_back
     from prefect_gitops.adapters.policy_store import read_policy
+    from prefect_gitops.image_write import commit_note
 
     async with get_client() as client:
         policy = await read_policy(client, policy_block)
+    this_run = f"{flow_run.id} ({flow_run.name})" if flow_run.id else None
     return await write_back(source, writes, branch=branch, folder=folder, merge_request=merge_request,
-                            message=message, policy=policy,
+                            message=commit_note(message, this_run), policy=policy, author=author,
                             gitlab=_merge_request_api(block, source) if merge_request else None)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from prefect_gitops.errors import ConfigError, ConfigProblem, PermanentError
 from prefect_gitops.image_ref import describe, reference_problem
@@ -29,6 +29,32 @@ SECTIONS: dict[ImageTargetType, str] = {"work_pool": "work_pools", "deployment":
 LABELS: dict[ImageTargetType, str] = {"work_pool": "work pool", "deployment": "deployment"}
 BRANCH_PREFIX = "prefect-gitops/image"
 MAX_MESSAGE = 2000  # characters of the caller's message kept in a commit or a merge request
+# "Name <email>": one line, no angle brackets in the name, an address with an @ and no spaces
+AUTHOR = re.compile(r"^(?P<name>[^<>\x00-\x1f\x7f]*[^<>\s\x00-\x1f\x7f])\s*<(?P<email>[^<>\s@]+@[^<>\s@]+)>$")
+
+
+class Author(NamedTuple):
+    """Who a write-back's commit is made for (git's author); prefect-gitops stays its committer."""
+
+    name: str
+    email: str
+
+
+def parse_author(text: str) -> Author:
+    """`Name <email>` as git shows an author, e.g. from GitLab CI's $GITLAB_USER_NAME and $GITLAB_USER_EMAIL."""
+    match = AUTHOR.match(text.strip()) if len(text) <= 256 else None
+    if match is None:
+        raise PermanentError(f"author {text[:80]!r}: expected 'Name <email>', e.g. 'Jane Doe <jane@example.com>'; "
+                             "nothing was written")
+    return Author(match["name"].strip(), match["email"])
+
+
+def commit_note(message: str, flow_run: str | None) -> str:
+    """The caller's message (which pipeline asks), then a trailer naming the flow run that wrote, so a commit
+    or a merge request always says what made it, even when no message was given."""
+    trailer = f"Prefect-Flow-Run: {flow_run}" if flow_run else ""
+    note = message.strip()[:MAX_MESSAGE - len(trailer) - 2]
+    return "\n\n".join(part for part in (note, trailer) if part)
 
 
 @dataclass(frozen=True)

@@ -204,25 +204,53 @@ def test_the_promote_deployment_commits_qa_images_into_prod_file(plane):
 
 # -- the set-image deployment (push mode: what an application pipeline starts) --------------------------
 
-def test_the_set_image_deployment_commits_an_application_pipelines_image(plane):
+def readme_update_gitops_job() -> list[str]:
+    """The script of the README's `.gitlab-ci.yml` job for an application repository."""
+    import yaml
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    snippet = re.search(r"```yaml\n(# \.gitlab-ci\.yml of an application repository.*?)```", readme, re.S)
+    assert snippet, "the README has no .gitlab-ci.yml snippet for an application repository"
+    return yaml.safe_load(snippet.group(1))["update-gitops"]["script"]
+
+
+def test_the_readme_pipeline_job_commits_an_application_pipelines_image(plane):
+    """The README's `update-gitops` job, run as GitLab would (its script in bash, GitLab's variables set,
+    the `pip install` left out: Prefect is installed here): one commit of the workload's image line in qa,
+    made for the pipeline's user, naming the pipeline and the set-image flow run that wrote it."""
     qa_file = "environments/qa.yaml"
     head = plane.repo.git("rev-parse", "HEAD")
     before = plane.repo.git("show", f"HEAD:{qa_file}")
     old = deployment_image_in(before, plane.workload)
-
-    # as a pipeline starts it: run_deployment with the target, the image and the pipeline's name
-    flow_run = run_control_deployment(plane, "gitops-set-image/set-image", {
-        "environment": "qa", "deployment": plane.workload, "image": "flows:ci-42", "message": "app pipeline 42"})
-    assert flow_run.parameters["source_block"] == "gitops-source"
+    script = [line for line in readme_update_gitops_job() if not line.startswith("pip install")]
+    # the README's example deployment is this plane's workload
+    script = [line.replace("deployment=etl/daily", f"deployment={plane.workload}") for line in script]
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    gitlab = {"CI_REGISTRY_IMAGE": "reg.example.com/team/etl", "CI_COMMIT_SHA": sha, "CI_PROJECT_PATH": "team/etl",
+              "CI_PIPELINE_URL": "https://gitlab.example.com/team/etl/-/pipelines/42",
+              "GITLAB_USER_NAME": "Jane Doe", "GITLAB_USER_EMAIL": "jane@example.com"}
+    done = subprocess.run(["bash", "-c", "\n".join(["set -e", *script])], cwd=plane.tmp, capture_output=True,
+                          text=True, env={**plane.env_vars(), **gitlab}, timeout=RUN_TIMEOUT + 60)
+    assert done.returncode == 0, done.stdout + done.stderr + plane.worker_log()
+    found = re.search(r"UUID: ([0-9a-f-]{36})", done.stdout)
+    assert found, done.stdout
+    flow_run = read_flow_run(UUID(found.group(1)))
+    assert flow_run.state.type == StateType.COMPLETED, (flow_run.state.message, plane.worker_log())
+    assert flow_run.deployment_id == read_deployment("gitops-set-image/set-image").id
+    assert (flow_run.work_pool_name, flow_run.work_queue_name) == (plane.pool, "prefect-gitops")
+    assert flow_run.parameters["source_block"] == "gitops-source"  # the deployment's own, from prefect.yaml
 
     # one commit on the block's branch, changing only the workload's image line in qa's file
+    image = f"reg.example.com/team/etl:{sha}"
     commit = plane.repo.git("rev-parse", "HEAD")
     assert commit != head and plane.repo.git("rev-parse", "HEAD^") == head
     assert plane.repo.git("diff", "--name-only", head, commit) == qa_file
-    assert plane.repo.git("show", f"HEAD:{qa_file}") == before.replace(f"image: {old}", "image: flows:ci-42")
-    assert plane.repo.git("log", "-1", "--format=%an%n%B") == (
-        f"prefect-gitops\nprefect-gitops: set image of deployment {plane.workload} in qa\n\n"
-        f"deployment {plane.workload}: {old} -> flows:ci-42\n\napp pipeline 42")
+    assert plane.repo.git("show", f"HEAD:{qa_file}") == before.replace(f"image: {old}", f"image: {image}")
+    assert plane.repo.git("log", "-1", "--format=%an <%ae>|%cn%n%B") == (
+        f"Jane Doe <jane@example.com>|prefect-gitops\nprefect-gitops: set image of deployment {plane.workload} in qa\n\n"
+        f"deployment {plane.workload}: {old} -> {image}\n\n"
+        "team/etl pipeline https://gitlab.example.com/team/etl/-/pipelines/42\n\n"
+        f"Prefect-Flow-Run: {flow_run.id} ({flow_run.name})")
 
 
 def deployment_image_in(text: str, deployment: str) -> str:

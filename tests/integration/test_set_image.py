@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from git_http_server import GitHttpServer
 from helpers import (
     GIT_ID,
+    _with_client,
     cli,
     create_deployment,
     create_pool,
@@ -109,19 +110,24 @@ def test_set_image_commits_the_image_line_and_the_reconcile_applies_it(world):
     before = repo.rev()
 
     state, report = set_image(environment=env, deployment=f"{flow}/app", image="reg.example.com/app:1.1",
-                              source_block=world["block"], message="app pipeline https://ci.example.com/p/42")
+                              source_block=world["block"], message="app pipeline https://ci.example.com/p/42",
+                              author="Jane Doe <jane@example.com>")
     assert state.is_completed(), report
+    this_run = state.state_details.flow_run_id
     assert report["status"] == "committed" and report["revision"] == repo.rev() != before
     assert report["changes"] == [{"target_type": "deployment", "target": f"{flow}/app", "key": "image",
                                   "old": "reg.example.com/app:1.0", "new": "reg.example.com/app:1.1",
                                   "outcome": "committed"}]
-    # exactly the image line changed, in one commit on top of the seed, by prefect-gitops, naming the pipeline
+    # exactly the image line changed, in one commit on top of the seed, made for the pipeline's user and
+    # committed by prefect-gitops, naming the pipeline and the flow run that wrote it
     assert repo.show() == repo.text.replace("app:1.0   #", "app:1.1   #")
     assert repo.rev("main~1") == before
-    assert git("-C", str(repo.bare), "log", "-1", "--format=%an <%ae>%n%B", "main") == (
-        f"prefect-gitops <prefect-gitops@localhost>\nprefect-gitops: set image of deployment {flow}/app in {env}\n\n"
+    name = run(_with_client(lambda client: client.read_flow_run(this_run))).name
+    assert git("-C", str(repo.bare), "log", "-1", "--format=%an <%ae>%n%cn <%ce>%n%B", "main") == (
+        f"Jane Doe <jane@example.com>\nprefect-gitops <prefect-gitops@localhost>\n"
+        f"prefect-gitops: set image of deployment {flow}/app in {env}\n\n"
         f"deployment {flow}/app: reg.example.com/app:1.0 -> reg.example.com/app:1.1\n\n"
-        "app pipeline https://ci.example.com/p/42")
+        f"app pipeline https://ci.example.com/p/42\n\nPrefect-Flow-Run: {this_run} ({name})")
 
     # the same image again: nothing committed, nothing pushed
     pushes = repo.pushes()
@@ -237,6 +243,13 @@ def test_bad_input_is_refused_with_nothing_pushed(world):
     assert report["status"] == "failed" and report["message"] == (
         f"work pool {world['pool']} in {env}: image 'Reg.example.com/Base:2': the repository name must be "
         "lowercase, got 'Base'; nothing was written")
+    assert len(world["server"].requests) == requests and repo.rev() == before
+
+    # an author that is not "Name <email>": refused before the repository is read
+    state, report = set_image(environment=env, work_pool=world["pool"], image="reg.example.com/base:2",
+                              source_block=world["block"], author="ci-bot")
+    assert state.is_failed() and report["message"] == (
+        "author 'ci-bot': expected 'Name <email>', e.g. 'Jane Doe <jane@example.com>'; nothing was written")
     assert len(world["server"].requests) == requests and repo.rev() == before
 
     # neither or both of --deployment and --work-pool

@@ -11,12 +11,16 @@ import pytest
 from prefect_gitops.adapters.git_write import GitWriter
 from prefect_gitops.errors import ConfigError, PermanentError
 from prefect_gitops.image_write import (
+    MAX_MESSAGE,
+    Author,
     ImageWrite,
     branch_for,
     check_writes,
     commit_message,
+    commit_note,
     edit_file,
     merge_request_description,
+    parse_author,
 )
 
 FILE = "environments/qa.yaml"
@@ -132,6 +136,45 @@ def test_the_commit_message_names_the_change_and_the_pipeline():
                        "app/etl pipeline https://gitlab.example.com/app/etl/-/pipelines/42")
 
 
+@pytest.mark.parametrize("text, author", [
+    ("Jane Doe <jane@example.com>", Author("Jane Doe", "jane@example.com")),
+    ("  ci-bot   <ci-bot@gitlab.example.com> ", Author("ci-bot", "ci-bot@gitlab.example.com")),
+    ("Zoë Ünal <z@x>", Author("Zoë Ünal", "z@x")),
+    ("Jane", None),                          # no address
+    ("<jane@example.com>", None),            # no name
+    ("Jane <jane>", None),                   # not an address
+    ("Jane <ja ne@example.com>", None),
+    ("Jane <jane@example.com> extra", None),
+    ("Jane\nEvil: x <jane@example.com>", None),  # a second line (a forged trailer or header)
+    ("Jane <<jane@example.com>>", None),
+    ("J" * 300 + " <j@x>", None),
+])
+def test_the_author_is_name_and_email_on_one_line(text, author):
+    if author is not None:
+        assert parse_author(text) == author
+    else:
+        with pytest.raises(PermanentError, match=r"expected 'Name <email>'.*nothing was written"):
+            parse_author(text)
+
+
+@pytest.mark.parametrize("message, flow_run, note", [
+    ("app pipeline 42\n", "f00 (brave-fox)", "app pipeline 42\n\nPrefect-Flow-Run: f00 (brave-fox)"),
+    ("", "f00 (brave-fox)", "Prefect-Flow-Run: f00 (brave-fox)"),  # no message: the run still says who wrote
+    ("app pipeline 42", None, "app pipeline 42"),                  # not in a flow run (a library call)
+    ("", None, ""),
+])
+def test_the_note_ends_with_the_flow_run_that_wrote(message, flow_run, note):
+    assert commit_note(message, flow_run) == note
+
+
+def test_a_long_message_is_cut_before_the_flow_run_trailer():
+    note = commit_note("x" * 5000, "f00 (brave-fox)")
+    assert len(note) == MAX_MESSAGE and note.endswith("\n\nPrefect-Flow-Run: f00 (brave-fox)")
+    # commit_message keeps it whole
+    message = commit_message([w("etl/daily", "a:2")], {("deployments", "etl/daily"): "a:1"}, note)
+    assert message.endswith("Prefect-Flow-Run: f00 (brave-fox)")
+
+
 def test_one_branch_per_environment_and_target_each_a_valid_ref():
     names = {branch_for(w(t, "a:1", kind, env)) for t, kind, env in [
         ("etl/daily", "deployment", "qa"), ("etl/daily", "deployment", "prod"), ("etl/daily", "work_pool", "qa"),
@@ -205,6 +248,20 @@ def test_push_branch_replaces_the_branch_and_leaves_the_base_alone(bare, tmp_pat
     writer.commit_file_update("main", FILE, edit("reg.example.com/etl:1.3"), lambda: "decided late",
                               push_branch="mr/etl")
     assert git("-C", str(bare), "log", "-1", "--format=%s", "mr/etl") == "decided late"
+
+
+def test_commits_are_made_for_the_author_and_committed_by_prefect_gitops(bare, tmp_path, monkeypatch):
+    # a caller's GIT_AUTHOR_* / GIT_COMMITTER_* (a CI job's environment) do not decide either
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "someone else")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "else@example.com")
+    writer = GitWriter(bare.as_uri(), workdir_root=tmp_path / "work", author=Author("Jane Doe", "jane@example.com"))
+    writer.commit_file_update("main", FILE, lambda text: edit_file(text, FILE, [w("etl/daily", "a:9")])[0], "m")
+    assert git("-C", str(bare), "log", "-1", "--format=%an <%ae>|%cn <%ce>", "main") == (
+        "Jane Doe <jane@example.com>|prefect-gitops <prefect-gitops@localhost>")
+    plain = GitWriter(bare.as_uri(), workdir_root=tmp_path / "work2")
+    plain.commit_file_update("main", FILE, lambda text: edit_file(text, FILE, [w("etl/daily", "a:10")])[0], "m")
+    assert git("-C", str(bare), "log", "-1", "--format=%an <%ae>|%cn <%ce>", "main") == (
+        "prefect-gitops <prefect-gitops@localhost>|prefect-gitops <prefect-gitops@localhost>")
 
 
 def test_write_back_commits_each_environment_file_once(bare, tmp_path, monkeypatch):

@@ -40,7 +40,8 @@ class GitWriter:
 
     def __init__(self, url: str, *, credentials: Credentials | None = None, workdir_root: Path | None = None,
                  timeout: float = 60, extra_env: dict[str, str] | None = None,
-                 author_name: str = "prefect-gitops", author_email: str = "prefect-gitops@localhost"):
+                 author_name: str = "prefect-gitops", author_email: str = "prefect-gitops@localhost",
+                 author: tuple[str, str] | None = None):
         if credentials is None:  # a password in the URL goes to git through the environment, not argv
             url, credentials = credentials_for(url)
         self.url = url
@@ -48,6 +49,8 @@ class GitWriter:
         self.timeout = timeout
         self.author_name = author_name
         self.author_email = author_email
+        # (name, email) the commits are made for (a pipeline's user); the committer stays author_name
+        self.author = author
         self.pushed = False  # whether the last commit_file_update pushed
         # a token that cannot push is a scope problem: say so in "rejected the token" errors
         self.runner = GitRunner(url, credentials=credentials, timeout=timeout, extra_env=extra_env,
@@ -154,6 +157,7 @@ class GitWriter:
 
     def _git(self, args: list[str], *, what: str, local: bool = False, identity: bool = False) -> str:
         # GIT_AUTHOR_*/GIT_COMMITTER_* from the caller's environment would beat -c user.name/user.email
-        env = dict(GIT_AUTHOR_NAME=self.author_name, GIT_AUTHOR_EMAIL=self.author_email,
+        author_name, author_email = self.author or (self.author_name, self.author_email)
+        env = dict(GIT_AUTHOR_NAME=author_name, GIT_AUTHOR_EMAIL=author_email,
                    GIT_COMMITTER_NAME=self.author_name, GIT_COMMITTER_EMAIL=self.author_email) if identity else None
         return self.runner.run(args, what=what, local=local, env=env)

@@ -73,12 +73,14 @@ def merge_request_api(source: GitSource, *, api_url: str | None = None,
 
 async def write_back(source: GitSource, writes: list[ImageWrite], *, branch: str, folder: str,
                      merge_request: bool = False, message: str = "", gitlab: MergeRequestApi | None = None,
-                     policy: Policy | None = None, emit_events: bool = True) -> WriteBackResult:
+                     policy: Policy | None = None, emit_events: bool = True,
+                     author: tuple[str, str] | None = None) -> WriteBackResult:
     """Write `writes` into `<folder>/<environment>.yaml` of `source`'s `branch`, as commits on `branch`
     or (`merge_request`) as merge requests into it. Raises PermanentError/ConfigError (nothing pushed)
     for bad input: an image that does not parse, a target the file does not name, a file that would
     not load, an image `policy` (the GitOps Policy block) refuses; TransientError when git or GitLab could
-    not be reached. `gitlab` None: `merge_request_api(source)`."""
+    not be reached. `gitlab` None: `merge_request_api(source)`. `author` (name, email): whom the commits
+    are made for; prefect-gitops commits them."""
     check_writes(writes)
     if merge_request and gitlab is None:
         gitlab = merge_request_api(source)
@@ -87,8 +89,8 @@ async def write_back(source: GitSource, writes: list[ImageWrite], *, branch: str
                              "gitlab_credentials (a token with api scope); nothing was written")
     result = WriteBackResult()
     try:  # the environments one after the other: what was pushed before an error is told about too
-        await asyncio.to_thread(_write_back, source, writes, branch, folder, merge_request, message, gitlab,
-                                policy, result)
+        await asyncio.to_thread(_write_back, source.writer(author=author), writes, branch, folder, merge_request,
+                                message, gitlab, policy, result)
     finally:
         if emit_events:
             from prefect_gitops.adapters.events import emit_image_updated
@@ -98,9 +100,8 @@ async def write_back(source: GitSource, writes: list[ImageWrite], *, branch: str
     return result
 
 
-def _write_back(source: GitSource, writes: list[ImageWrite], branch: str, folder: str, merge_request: bool,
+def _write_back(writer: GitWriter, writes: list[ImageWrite], branch: str, folder: str, merge_request: bool,
                 message: str, gitlab: MergeRequestApi | None, policy: Policy | None, result: WriteBackResult) -> None:
-    writer = source.writer()
     ordered = sorted(writes, key=lambda w: (w.environment, w.target_type, w.target))
     for environment, group in groupby(ordered, key=lambda w: w.environment):
         batch = list(group)
