@@ -12,7 +12,19 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from helpers import GitRepo, cli, read_events, run, uid
+from helpers import (
+    GitRepo,
+    cli,
+    create_deployment,
+    create_pool,
+    deployment_job_variables,
+    pool_default,
+    read_artifacts,
+    read_events,
+    run,
+    run_reconcile_flow,
+    uid,
+)
 from registry_server import PASSWORD, SYNTHETIC, SYNTHETIC_TAGS, USER, RegistryServer, TokenFront, available
 
 from prefect_gitops.adapters.registry import Registry, RegistryCredentials, RegistryError, RegistryRefused
@@ -125,7 +137,9 @@ def test_the_scan_writes_the_newest_allowed_images_back_and_reports_per_target(r
 
     from prefect_gitops.image_scan_flow import image_scan
 
-    env, pool, block = f"scan-{uid()}", f"scan-pool-{uid()}", f"registry-{uid()}"
+    u = uid()
+    env, pool, block = f"scan-{u}", f"scan-pool-{u}", f"registry-{u}"
+    nightly, missing = f"etl-{u}/nightly", f"etl-{u}/missing"
     DockerRegistryCredentials(username=USER, password=PASSWORD, registry_url=registry.host).save(block)
     front = registry.front.host
     common = {"credentials_block": block, "insecure": True}
@@ -137,26 +151,38 @@ def test_the_scan_writes_the_newest_allowed_images_back_and_reports_per_target(r
             "image_policy": {"repository": f"{registry.host}/team/app", "policy": {"semver": {"range": ">=1.0.0 <2"}},
                              "pin_digest": True, **common}}},
         "deployments": {
-            "etl/nightly": {  # behind the Bearer front
+            nightly: {  # behind the Bearer front
                 "job_variables": {"image": f"{front}/team/job:main-100"},
                 "image_policy": {"repository": f"{front}/team/job", "policy": {"numerical": {"order": "asc"}},
                                  "filter_tags": {"pattern": r"^main-(?P<n>\d+)$", "extract": "$n"}, **common}},
-            "etl/missing": {
+            missing: {
                 "image_policy": {"repository": f"{registry.host}/team/nothing-here",
                                  "policy": {"alphabetical": {}}, **common}}},
     }, sort_keys=False) + "# a comment the write-back keeps\n")
 
     state = run(image_scan(environment=env, source_url=repo.url, return_state=True))
-    assert state.is_failed() and "etl/missing" in state.message  # one registry failed; the others were written
+    assert state.is_failed() and missing in state.message  # one registry failed; the others were written
     text = (repo.root / "environments" / f"{env}.yaml").read_text()
     app = f"{registry.host}/team/app:1.10.0@{registry.digests['1.10.0']}"
     assert f"image: {app}" in text and f"image: {front}/team/job:main-1000" in text
     assert text.endswith("# a comment the write-back keeps\n")
     failed = read_events("prefect-gitops.image.scan-failed", env)[0]
-    assert failed["payload"]["target"] == "etl/missing" and failed["payload"]["error_kind"] == "permanent"
+    assert failed["payload"]["target"] == missing and failed["payload"]["error_kind"] == "permanent"
     updated = read_events("prefect-gitops.image.updated", env, count=2)
     assert {(e["payload"]["target"], e["payload"]["new_image"]) for e in updated} == {
-        (pool, app), ("etl/nightly", f"{front}/team/job:main-1000")}
+        (pool, app), (nightly, f"{front}/team/job:main-1000")}
+    # the scan's artifact: per target the policy, the newest tag, and what was written back
+    [artifact] = read_artifacts(f"gitops-image-scan-{env}")[:1]
+    assert f"`{app}`" in artifact.data and "main-1000" in artifact.data and missing in artifact.data, artifact.data
+
+    # the normal reconcile applies what the scan committed: read back from the server
+    create_pool(pool)
+    for name in (nightly, missing):
+        create_deployment(*name.split("/"), pool)
+    state, applied = run_reconcile_flow(environment=env, source_url=repo.url)
+    assert state.is_completed() and applied["revision"] == repo.git("rev-parse", "HEAD"), applied
+    assert pool_default(pool, "image") == app
+    assert deployment_job_variables(nightly) == {"image": f"{front}/team/job:main-1000"}
 
     # again: now current, the write-back kept from the first scan
     state = run(image_scan(environment=env, source_url=repo.url, return_state=True))
@@ -166,7 +192,7 @@ def test_the_scan_writes_the_newest_allowed_images_back_and_reports_per_target(r
     assert "newest tag 1.10.0 of 7 (2 unparseable), scanned" in shown and ": current" in shown
     assert f"written back: {app} at " in shown
     assert "newest tag main-1000 of 5 (0 unparseable)" in shown
-    assert "etl/missing: alphabetical asc" in shown and "404" in shown
+    assert f"{missing}: alphabetical asc" in shown and "404" in shown
 
 
 def test_a_policy_asking_for_a_merge_request_gets_one_and_the_branch_is_left_alone(registry, tmp_path):
