@@ -8,6 +8,15 @@ of the file, so a bad range or pattern is reported with its file, line and key.
 `TagSelector` takes the tags page by page and keeps only the best one so far: a repository with
 10,000 tags is never held whole. Tags the filter leaves out are counted apart from tags that match
 but do not parse (a semver policy's `latest`, a numerical policy's `abc`).
+
+What parses, as Flux's image-reflector-controller has it:
+
+- semver: `MAJOR.MINOR.PATCH`, an optional leading `v`, an optional `-pre.release` and `+build`
+  (`1.2.3`, `v1.2.3`, `1.2.3-rc.1`); leading zeros are read as numbers (`v2025.07.03` is 2025.7.3).
+  All three parts must be there: `1.2` and `1` do not parse (Flux's version.ParseVersion refuses them,
+  so a build number such as `42` never becomes version 42.0.0). The tag written is the tag as listed.
+- numerical: a plain decimal number, `12`, `-3`, `1.5` (compared exactly, not as a float); `inf`,
+  `nan`, `1e400`, `+5`, `1_000`, ` 7` and `.5` do not parse.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Literal, Self
 
 import semver
@@ -123,7 +133,9 @@ class ImagePolicy(_Strict):
 _EXTRACT_REF = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 _COMPARATOR = re.compile(r"^(>=|<=|>|<|=|!=|\^|~)?\s*v?([0-9xX*]+)(?:\.([0-9xX*]+))?(?:\.([0-9xX*]+))?"
                          r"(?:-([0-9A-Za-z.-]+))?$")
-_SEMVER_TAG = re.compile(r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+# Flux: three dot-separated numbers (leading zeros allowed), optional v, pre-release and build
+_SEMVER_TAG = re.compile(r"v?([0-9]+)\.([0-9]+)\.([0-9]+)((?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)")
+_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 Bound = tuple[str, semver.Version]  # (">=", 1.2.0)
 
 
@@ -194,13 +206,23 @@ def _expand(op: str, parts: tuple[str | None, ...], pre: str | None, token: str)
 
 
 def parse_semver_tag(value: str) -> semver.Version | None:
-    """A tag (or extracted value) as a semantic version: 1.2.3, v1.2.3, 1.2.3-rc.1; None otherwise."""
-    if not _SEMVER_TAG.match(value):
+    """A tag (or extracted value) as a semantic version: 1.2.3, v1.2.3, 1.2.3-rc.1, v2025.07.03; None
+    otherwise (1.2, 1, latest). Pre-release and build are checked by `semver` as before."""
+    found = _SEMVER_TAG.fullmatch(value)
+    if not found:
         return None
     try:
-        return semver.Version.parse(value.removeprefix("v"))
-    except ValueError:
+        major, minor, patch = (int(part) for part in found.group(1, 2, 3))
+        return semver.Version.parse(f"{major}.{minor}.{patch}{found.group(4)}")
+    except ValueError:  # a bad pre-release or build; a number too long for int()
         return None
+
+
+def parse_decimal_tag(value: str) -> Decimal | None:
+    """A tag (or extracted value) as a plain decimal number: 12, -3, 1.5; None otherwise (inf, nan, 1e3)."""
+    if not _DECIMAL.fullmatch(value):
+        return None
+    return Decimal(value)
 
 
 # -- choosing the newest tag -------------------------------------------------------------------------
@@ -266,11 +288,8 @@ class TagSelector:
         order = choice.numerical or choice.alphabetical
         assert order is not None
         if choice.numerical:
-            try:
-                number = float(value)
-            except ValueError:
-                return None
-            if number != number:  # NaN orders nowhere
+            number = parse_decimal_tag(value)
+            if number is None:
                 return None
             return _Ordered(number, order.order == "desc")
         return _Ordered(value, order.order == "desc")
@@ -281,7 +300,7 @@ _OUT_OF_RANGE = object()
 
 @dataclass(frozen=True)
 class _Ordered:
-    value: float | str
+    value: Decimal | str
     descending: bool
 
     def newer_than(self, other: _Ordered) -> bool:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from prefect_gitops.errors import ConfigError
-from prefect_gitops.image_policy import ImagePolicy, TagSelector, image_for, parse_range, parse_semver_tag
+from prefect_gitops.image_policy import (ImagePolicy, TagSelector, image_for, parse_decimal_tag, parse_range,
+                                         parse_semver_tag)
 from prefect_gitops.loader import parse_environment
 
 
@@ -101,6 +104,55 @@ def test_numerical_with_filter_and_extract():
     desc = policy(policy={"numerical": {"order": "desc"}})
     assert pick(desc, ["10", "2", "x", "33"]).tag == "2"
     assert pick(desc, ["10", "2", "x", "33"]).unparseable == 1
+
+
+@pytest.mark.parametrize("tag, number", [
+    ("12", Decimal(12)), ("-3", Decimal(-3)), ("1.5", Decimal("1.5")), ("007", Decimal(7)), ("-0.25", Decimal("-0.25")),
+    ("inf", None), ("infinity", None), ("Infinity", None), ("-inf", None), ("nan", None), ("NaN", None),
+    ("1e400", None), ("1e3", None), ("+5", None), ("1_000", None), (" 7", None), ("7\n", None), (".5", None),
+    ("5.", None), ("0x10", None), ("\u0661\u0662", None), ("", None), ("-", None),
+])
+def test_only_plain_decimal_numbers_parse_as_numerical(tag, number):
+    assert parse_decimal_tag(tag) == number
+
+
+@pytest.mark.parametrize("order, tags, chosen, unparseable", [
+    ("asc", ["10", "inf", "infinity", "nan", "1e400", "Infinity", "9"], "10", 5),
+    ("desc", ["10", "-inf", "-1e400", "nan", "-2"], "-2", 3),
+    ("asc", ["1.5", "1.25", "1_000", "+7", " 8"], "1.5", 3),
+    # 23 digits: a float reads both as the same number; compared exactly the lower one wins in desc
+    ("desc", ["20240101120000123456789", "20240101120000123456788"], "20240101120000123456788", 0),
+    ("asc", ["9" * 400, "1"], "9" * 400, 0),  # a float would make it inf; it is still just a big number
+])
+def test_numerical_ignores_and_counts_what_is_not_a_plain_number(order, tags, chosen, unparseable):
+    s = pick(policy(policy={"numerical": {"order": order}}), tags)
+    assert (s.tag, s.unparseable) == (chosen, unparseable)
+
+
+@pytest.mark.parametrize("tag, version", [
+    ("1.2.3", "1.2.3"), ("v1.2.3", "1.2.3"), ("1.2.3-rc.1", "1.2.3-rc.1"), ("v1.2.3-rc.1+build.7", "1.2.3-rc.1+build.7"),
+    ("v2025.07.03", "2025.7.3"), ("01.02.03", "1.2.3"),  # leading zeros: read as numbers, as Flux does
+    ("0.0.0", "0.0.0"),
+    # Flux's version.ParseVersion wants all three parts: 1.2 and 1 are not versions (nor is 42, a build number)
+    ("1.2", None), ("1", None), ("v1", None), ("v1.2", None), ("42", None),
+    ("V1.2.3", None), ("1.2.3.4", None), ("1.2.3-", None), ("1.2.3-rc..1", None), ("1.2.3-rc.01", None),
+    ("1.2.3\n", None), (" 1.2.3", None), ("1.2.\u0663", None), ("latest", None), ("", None), ("vv1.2.3", None),
+])
+def test_which_tags_parse_as_semver(tag, version):
+    parsed = parse_semver_tag(tag)
+    assert (str(parsed) if parsed is not None else None) == version
+
+
+@pytest.mark.parametrize("range_, tags, chosen, unparseable", [
+    ("*", ["1.9.0", "v2025.07.03", "1.10.0"], "v2025.07.03", 0),  # the tag as listed is written, not 2025.7.3
+    ("^1", ["v1.2.3", "1.2.0", "v1.10.0", "2.0.0"], "v1.10.0", 0),
+    (">=1.0.0", ["1.2.0", "1.3", "2", "20240101", "latest"], "1.2.0", 4),  # not coerced to 1.3.0, 2.0.0, ...
+    ("~2025.7", ["v2025.07.03", "v2025.07.10", "v2025.08.01"], "v2025.07.10", 0),
+    ("*", ["1.2.3", "1.2.4-rc.1"], "1.2.3", 0),  # pre-releases as before: only when the range names one
+])
+def test_semver_policy_picks_by_version_and_writes_the_original_tag(range_, tags, chosen, unparseable):
+    s = pick(policy(policy={"semver": {"range": range_}}), tags)
+    assert (s.tag, s.unparseable) == (chosen, unparseable)
 
 
 def test_alphabetical_orders_and_ties_do_not_depend_on_the_registrys_order():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import email.utils
 import random
 import re
@@ -214,15 +215,18 @@ class Registry:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After as seconds: delay-seconds (ASCII digits only) or an HTTP date; None when it is neither."""
     value = response.headers.get("Retry-After")
     if not value:
         return None
-    if value.strip().isdigit():
+    if re.fullmatch(r"[0-9]+", value.strip()):  # not str.isdigit(): "²" is a digit to it, and float("²") raises
         return float(value.strip())
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+    if when.tzinfo is None:  # "-0000": HTTP dates are GMT, not this machine's local time
+        when = when.replace(tzinfo=dt.timezone.utc)
     return max(0.0, when.timestamp() - time.time())
 
 
