@@ -19,9 +19,11 @@ from helpers import (
     GIT_ID,
     _with_client,
     cli,
+    cli_json,
     create_deployment,
     create_pool,
     deployment_job_variables,
+    pool_default,
     read_events,
     run,
     run_reconcile_flow,
@@ -102,7 +104,7 @@ def set_image(**parameters):
     return run(_set_image(**parameters))
 
 
-def test_set_image_commits_the_image_line_and_the_reconcile_applies_it(world):
+def test_set_image_commits_the_image_line_and_the_reconcile_applies_it(world, monkeypatch):
     env, flow, repo = world["env"], world["flow"], world["repo"]
     create_pool(world["pool"])
     for name in ("app", "worker"):
@@ -136,17 +138,36 @@ def test_set_image_commits_the_image_line_and_the_reconcile_applies_it(world):
     assert state.is_completed() and again["status"] == "unchanged" and again["changes"] == []
     assert repo.rev() == report["revision"] and repo.pushes() == pushes
 
-    # the normal reconcile applies the commit: the deployment's image read back from the server
-    state, applied = run_reconcile_flow(environment=env, source_block=world["block"])
-    assert state.is_completed() and applied["revision"] == report["revision"], applied
-    assert deployment_job_variables(f"{flow}/app") == {"image": "reg.example.com/app:1.1"}
+    # the CLI in a GitLab CI job: --source with the token in its URL, a work pool, and GitLab's variables
+    # giving the message and the author
+    for name, value in {"CI_PROJECT_PATH": "team/base", "CI_PIPELINE_URL": "https://ci.example.com/p/43",
+                        "GITLAB_USER_NAME": "Ci User", "GITLAB_USER_EMAIL": "ci@example.com"}.items():
+        monkeypatch.setenv(name, value)
+    url = repo.url.replace("://", f"://deploy-bot:{world['token']}@", 1)
+    _, by_cli = cli_json("set-image", "--source", url, "--env", env, "--work-pool", world["pool"],
+                         "--image", "reg.example.com/base:2")
+    assert by_cli["status"] == "committed" and repo.rev("main~1") == report["revision"]
+    assert repo.show() == repo.text.replace("app:1.0   #", "app:1.1   #").replace("base:1", "base:2")
+    body = git("-C", str(repo.bare), "log", "-1", "--format=%an <%ae>%n%B", "main")
+    assert body.startswith(f"Ci User <ci@example.com>\nprefect-gitops: set image of work pool {world['pool']} in {env}\n\n"
+                           f"work pool {world['pool']}: reg.example.com/base:1 -> reg.example.com/base:2\n\n"
+                           "team/base pipeline https://ci.example.com/p/43\n\nPrefect-Flow-Run: "), body
+    assert world["token"] not in json.dumps(by_cli)
 
-    [event] = read_events("prefect-gitops.image.updated", env)
+    # the normal reconcile applies the commits: the images read back from the server
+    state, applied = run_reconcile_flow(environment=env, source_block=world["block"])
+    assert state.is_completed() and applied["revision"] == by_cli["revision"], applied
+    assert deployment_job_variables(f"{flow}/app") == {"image": "reg.example.com/app:1.1"}
+    assert pool_default(world["pool"], "image") == "reg.example.com/base:2"
+
+    pool_event, event = read_events("prefect-gitops.image.updated", env, count=2)  # newest first
+    assert (pool_event["payload"]["target"], pool_event["payload"]["revision"]) == (world["pool"], by_cli["revision"])
+    assert pool_event["payload"]["repository"] == repo.url  # the URL without its token
     assert event["payload"] == {
         "environment": env, "target_type": "deployment", "target": f"{flow}/app", "old_image": "reg.example.com/app:1.0",
         "new_image": "reg.example.com/app:1.1", "outcome": "committed", "revision": report["revision"],
         "branch": "main", "file": repo.file, "merge_request_url": None, "repository": repo.url}
-    assert world["token"] not in json.dumps([report, again, event])
+    assert world["token"] not in json.dumps([report, again, event, pool_event])
 
 
 def test_racing_pipelines_lose_no_edit(world):
