@@ -14,9 +14,8 @@ import re
 from typing import Callable
 
 from aiohttp import web
-from multidict import CIMultiDict
 
-from write_recorder import WriteRecorder, relay_websocket
+from write_recorder import ApiProxy
 
 FLOW_RUN_STATE = re.compile(r"^/api/flow_runs/([0-9a-f-]{36})/set_state$")
 FLOW_RUN_CREATE = re.compile(r"^/api/deployments/([0-9a-f-]{36})/create_flow_run$")
@@ -49,26 +48,22 @@ def flow_run_creates(path: str, body: bytes) -> str | None:
     return f"{match.group(1)}:{name}"
 
 
-class LostAnswerProxy(WriteRecorder):
-    """WriteRecorder's proxy (its thread, loop, port and session), watching no deployment writes."""
+class LostAnswerProxy(ApiProxy):
+    """Forwards everything; answers 503 to the first write `lose` chooses for each object, after the server
+    has done it."""
 
     def __init__(self, lose: Chooser = final_state_writes):
-        super().__init__(watch={}, hold_until=0, hold_seconds=0)
+        super().__init__()
         self.lose = lose
         self.lost: list[str] = []  # ids of the objects whose write's answer was lost, in order
 
     async def _handle(self, request):
         if request.headers.get("upgrade", "").lower() == "websocket":
-            return await relay_websocket(self.session, self.upstream, request)
+            return await self._websocket(request)
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in self.HOP_BY_HOP}
-        async with self.session.request(request.method, self.upstream + request.path_qs, headers=headers,
-                                        data=body, allow_redirects=False) as answer:
-            payload = await answer.read()
-            answer_headers = [(k, v) for k, v in answer.headers.items() if k.lower() not in self.HOP_BY_HOP]
-            status = answer.status
+        status, payload, headers = await self._forward(request, body)
         chosen = self.lose(request.path, body) if request.method == "POST" else None
         if chosen and status < 300 and chosen not in self.lost:
             self.lost.append(chosen)
             return web.Response(status=503, text="answer lost on the way back")
-        return web.Response(status=status, body=payload, headers=CIMultiDict(answer_headers))
+        return web.Response(status=status, body=payload, headers=headers)

@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from write_recorder import WriteRecorder, relay_websocket
+from write_recorder import ApiProxy, relay_websocket
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Exchange:
                 f"forwarded@{self.forwarded} answered@{self.answered} -> {self.status}")
 
 
-class RaceRecorder(WriteRecorder):
+class RaceRecorder(ApiProxy):
     def __init__(self, racers: list[str], target: Target, upstream_api: str | Route, barrier_seconds: float = 60):
         """`upstream_api`: the server's API URL, or a route: which API (of a production-shaped server's
         replicas) a racer's request goes to, as a load balancer would choose."""

@@ -31,6 +31,21 @@ def read_flow_run(flow_run_id: str):
     return run(_with_client(go))
 
 
+def scheduled_runs_seen(deployment_id) -> str:
+    """For a failure's message: the deployment's runs as the server has them (did the scheduler make
+    any, in which queue, and did a worker take them?)."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async def go(client):
+        runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                                           limit=20)
+        return [f"{r.name}: {r.state_name} expected {r.expected_start_time} queue {r.work_pool_name}/"
+                f"{r.work_queue_name} auto {r.auto_scheduled}" for r in runs]
+
+    lines = run(_with_client(go))
+    return f"{len(lines)} run(s) of reconcile-qa (up to 20):\n" + "\n".join(lines)
+
+
 def test_a_commit_is_applied_by_a_scheduled_run(control_plane):
     deployment = read_deployment("gitops-reconcile/reconcile-qa")
     assert [s.schedule.interval.total_seconds() for s in deployment.schedules] == [INTERVAL]
@@ -40,7 +55,7 @@ def test_a_commit_is_applied_by_a_scheduled_run(control_plane):
     while (state := read_state("qa")[0]).last_applied_revision != sha:
         assert time.monotonic() < deadline, (
             f"no scheduled run applied {sha} within 240 s; qa last applied {state.last_applied_revision}\n"
-            + (control_plane.tmp / "worker.log").read_text()[-3000:])
+            f"{scheduled_runs_seen(deployment.id)}\n" + control_plane.worker_log())
         time.sleep(2)
     assert deployment_job_variables(control_plane.workload) == {"image": "flows:qa-scheduled"}
 

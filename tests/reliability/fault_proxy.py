@@ -22,18 +22,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
-from write_recorder import relay_websocket
+from write_recorder import ApiProxy
 
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade",
-              "proxy-connection", "te", "trailer"}
 # the reconcile's own requests, the environment lock's limit included; orchestration (flow_runs,
 # task_runs, logs, events, taking and renewing a concurrency slot) is not faulted
 FAULTABLE = re.compile(r"^/api/(flows/filter|deployments/|work_pools/|block_documents|block_types/|block_schemas/"
@@ -52,9 +47,9 @@ class Seen:
     status: int  # 0: no answer (reset)
 
 
-class FaultProxy:
+class FaultProxy(ApiProxy):
     def __init__(self, upstream_api_url: str, at: dict[int, str] | None = None, rules: list[Rule] | None = None):
-        self.upstream = upstream_api_url.rsplit("/api", 1)[0]
+        super().__init__(upstream_api_url)
         self.at = dict(at or {})
         self.rules = list(rules or [])
         self.seen: list[Seen] = []
@@ -80,36 +75,6 @@ class FaultProxy:
         return [s for s in self.seen if s.method == method and s.path == path]
 
     # -- the proxy ------------------------------------------------------------------------------
-
-    def __enter__(self) -> FaultProxy:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
-
-    async def _start(self) -> int:
-        self.session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=300))
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        return self.runner.addresses[0][1]
-
-    async def _stop(self) -> None:
-        await self.runner.cleanup()
-        await self.session.close()
 
     def _fault_for(self, method: str, path: str) -> tuple[int | None, str | None]:
         if not FAULTABLE.match(path):
@@ -149,14 +114,3 @@ class FaultProxy:
             request.transport.abort()  # the server did the work; the answer never reaches the client
             raise asyncio.CancelledError
         return web.Response(status=status, body=payload, headers=headers)
-
-    async def _forward(self, request: web.Request, body: bytes) -> tuple[int, bytes, CIMultiDict[str]]:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        async with self.session.request(request.method, self.upstream + request.path_qs, headers=headers,
-                                        data=body, allow_redirects=False) as answer:
-            payload = await answer.read()
-            kept = CIMultiDict((k, v) for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP)
-            return answer.status, payload, kept
-
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
-        return await relay_websocket(self.session, self.upstream, request)

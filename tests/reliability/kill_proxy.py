@@ -20,9 +20,8 @@ import re
 from dataclasses import dataclass
 
 from aiohttp import web
-from multidict import CIMultiDict
 
-from write_recorder import WriteRecorder
+from write_recorder import ApiProxy
 
 DEPLOYMENT = re.compile(r"^/api/deployments/([0-9a-f-]{36})$")
 WORK_POOL = re.compile(r"^/api/work_pools/([^/]+)$")
@@ -48,11 +47,11 @@ class Write:
     held: bool = False  # held by the trap (or after it)
 
 
-class KillProxy(WriteRecorder):
+class KillProxy(ApiProxy):
     def __init__(self, environment: str, deployments: dict[str, str], pools: set[str]):
-        super().__init__(watch={}, hold_until=0, hold_seconds=0)
+        super().__init__()
         self.environment, self.deployments, self.pools = environment, deployments, pools
-        self.writes: list[Write] = []  # type: ignore[assignment]  (another shape than WriteRecorder's)
+        self.writes: list[Write] = []
         self.arm("setup", None)
 
     def arm(self, run: str, trap: Trap | None) -> None:
@@ -105,7 +104,8 @@ class KillProxy(WriteRecorder):
         body = await request.read()
         seen = self.classify(request.method, request.path, body) if body else None
         if seen is None:
-            return await self._forward(request, body)
+            status, payload, headers = await self._forward(request, body)
+            return web.Response(status=status, body=payload, headers=headers)
         kind, target, image = seen
         write = Write(self.run, kind, target, image)
         self.writes.append(write)
@@ -120,7 +120,7 @@ class KillProxy(WriteRecorder):
             return web.Response(status=503, text="the proxy dropped this write after the kill")
         self.forwarding += 1
         try:
-            status, payload, headers = await self._call(request, body)
+            status, payload, headers = await self._forward(request, body)
         finally:
             self.forwarding -= 1
         write.status = status
@@ -133,20 +133,8 @@ class KillProxy(WriteRecorder):
                 await self.released.wait()
                 return web.Response(status=503, text="the proxy dropped this answer after the kill")
         write.answer_seen = True
-        return web.Response(status=status, body=payload, headers=CIMultiDict(headers))
+        return web.Response(status=status, body=payload, headers=headers)
 
     def _close(self) -> None:
         self.closed = self.trapped = True
         self.released = asyncio.Event()
-
-    async def _forward(self, request, body: bytes):
-        status, payload, headers = await self._call(request, body)
-        return web.Response(status=status, body=payload, headers=CIMultiDict(headers))
-
-    async def _call(self, request, body: bytes):
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in self.HOP_BY_HOP}
-        async with self.session.request(request.method, self.upstream + request.path_qs, headers=headers,
-                                        data=body, allow_redirects=False) as answer:
-            payload = await answer.read()
-            answer_headers = [(k, v) for k, v in answer.headers.items() if k.lower() not in self.HOP_BY_HOP]
-            return answer.status, payload, answer_headers
