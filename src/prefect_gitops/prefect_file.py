@@ -31,11 +31,16 @@ def prebuilt(prefect_yaml: Path, image: str, workdir: str | None = None,
         variables = pool.setdefault("job_variables", {})
         if variables.get("image") in (None, BUILT_IMAGE):
             variables["image"] = image
-        if schedule_interval is not None and deployment.get("schedules"):
-            # how often the scheduled deployments (the reconciles) run; other schedule fields are kept
+        if schedule_interval is not None and deployment.get("schedules") and _is_reconcile(deployment):
+            # how often the reconciles run; other schedule fields are kept. The image scan keeps its own
+            # schedule: a reconcile every few seconds must not poll the registries as often
             deployment["schedules"] = [{**{k: v for k, v in s.items() if k not in ("interval", "cron", "rrule")},
                                         "interval": schedule_interval} for s in deployment["schedules"]]
     return data
+
+
+def _is_reconcile(deployment: dict[str, Any]) -> bool:
+    return str(deployment.get("entrypoint", "")).endswith(":reconcile")
 
 
 def write_prebuilt(prefect_yaml: Path, image: str, output: Path, workdir: str | None = None,
