@@ -54,6 +54,26 @@ class GitRepo:
         return self.commit(message)
 
 
+@contextlib.contextmanager
+def pointed_at(api_url: str):
+    """The module's CLI runs (os.environ) and in-process clients (Prefect's settings) talk to `api_url`
+    instead of the session's server, and back to it afterwards."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    ui_url = api_url.removesuffix("/api")
+    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_UI_URL")}
+    os.environ.update(PREFECT_API_URL=api_url, PREFECT_UI_URL=ui_url)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_UI_URL: ui_url}):
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run(coro):
     return asyncio.run(coro)
 

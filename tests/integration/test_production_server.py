@@ -10,8 +10,6 @@ each see only part of the traffic, and every write goes to PostgreSQL."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 
 import pytest
@@ -20,32 +18,12 @@ import test_concurrent_creates as sqlite_races
 import test_drift_events as sqlite_drift_events
 import test_reconcile as sqlite_reconcile
 import test_smoke_process as sqlite_smoke
-from helpers import read_deployment, set_deployment_job_variables, wait_for_change_event
+from helpers import pointed_at, read_deployment, set_deployment_job_variables, wait_for_change_event
 from prefect_gitops.drift_events import PERSIST_LAG
 from prefect_gitops.production_server import missing_parts, running_production_server
 from prefect_gitops.state import utcnow
 
 pytestmark = pytest.mark.skipif(missing_parts() is not None, reason=f"no production-shaped server: {missing_parts()}")
-
-
-@contextlib.contextmanager
-def pointed_at(api_url: str):
-    """The module's CLI runs (os.environ) and in-process clients (Prefect's settings) talk to `api_url`
-    instead of the session's SQLite server, and back to it afterwards."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
-
-    ui_url = api_url.removesuffix("/api")
-    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_UI_URL")}
-    os.environ.update(PREFECT_API_URL=api_url, PREFECT_UI_URL=ui_url)
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_UI_URL: ui_url}):
-            yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

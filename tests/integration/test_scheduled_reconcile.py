@@ -13,7 +13,7 @@ import time
 import pytest
 
 from control_plane import ControlPlane
-from helpers import _with_client, deployment_job_variables, read_deployment, read_state, run
+from helpers import _with_client, deployment_job_variables, pointed_at, read_deployment, read_state, run
 
 INTERVAL = 10
 SCHEDULED_RUN_DEADLINE = 300
@@ -27,25 +27,13 @@ def own_server(tmp_path_factory):
     never: from the plane's first runs on, every write got "database is locked" for the rest of the session
     (a transaction inside Prefect's server that never ended; which one was not found). A fresh server has
     no such backlog."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from prefect_gitops.local_server import free_port, running_server, server_env
 
     home = tmp_path_factory.mktemp("scheduled-server")
     port = free_port()
     env = server_env(home, port)
-    saved = {name: os.environ.get(name) for name in env}
-    with running_server(home, port, {**os.environ, **env}):
-        os.environ.update(env)  # the subprocesses: prefect deploy, the worker, the flow runs
-        try:
-            with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-                yield env["PREFECT_API_URL"]
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    with running_server(home, port, {**os.environ, **env}), pointed_at(env["PREFECT_API_URL"]):
+        yield env["PREFECT_API_URL"]
 
 
 @pytest.fixture(scope="module")
