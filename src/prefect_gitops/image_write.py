@@ -52,8 +52,10 @@ def parse_author(text: str) -> Author:
 def commit_note(message: str, flow_run: str | None) -> str:
     """The caller's message (which pipeline asks), then a trailer naming the flow run that wrote, so a commit
     or a merge request always says what made it, even when no message was given."""
-    trailer = f"Prefect-Flow-Run: {flow_run}" if flow_run else ""
-    note = message.strip()[:MAX_MESSAGE - len(trailer) - 2]
+    if not flow_run:
+        return message.strip()[:MAX_MESSAGE]
+    trailer = f"Prefect-Flow-Run: {flow_run}"
+    note = message.strip()[:MAX_MESSAGE - len(trailer) - 2]  # the trailer and its blank line stay whole
     return "\n\n".join(part for part in (note, trailer) if part)
 
 

@@ -170,6 +170,7 @@ def test_the_note_ends_with_the_flow_run_that_wrote(message, flow_run, note):
 def test_a_long_message_is_cut_before_the_flow_run_trailer():
     note = commit_note("x" * 5000, "f00 (brave-fox)")
     assert len(note) == MAX_MESSAGE and note.endswith("\n\nPrefect-Flow-Run: f00 (brave-fox)")
+    assert commit_note("x" * 5000, None) == "x" * MAX_MESSAGE  # outside a flow run: the whole allowance
     # commit_message keeps it whole
     message = commit_message([w("etl/daily", "a:2")], {("deployments", "etl/daily"): "a:1"}, note)
     assert message.endswith("Prefect-Flow-Run: f00 (brave-fox)")
