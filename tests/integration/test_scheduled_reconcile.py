@@ -22,14 +22,24 @@ SCHEDULED_RUN_DEADLINE = 300
 @pytest.fixture(scope="module")
 def own_server(tmp_path_factory):
     """A Prefect server of this module's own, for everything in it (the helpers in this process, the deploy,
-    the worker and the flow runs it starts). On the session's server, late in a long run (20 minutes of
-    other tests' runs and events behind it), the first scheduled runs came 4-5 minutes late once, and once
-    never: from the plane's first runs on, every write got "database is locked" for the rest of the session
-    (a transaction inside Prefect's server that never ended; which one was not found). A fresh server has
-    no such backlog."""
-    from prefect_gitops.local_server import free_port, running_server, server_env
+    the worker and the flow runs it starts): the production-shaped one (PostgreSQL, Redis, the scheduler in
+    a services process of its own, as Prefect's self-hosting guide runs it), where this machine has its
+    parts, else a SQLite server.
+
+    Why not the session's SQLite server: on a loaded machine (CI's two cores, three test workers each with
+    its server, flow runs and CLIs) a SQLite server collapsed under this module's runs in three CI-shaped
+    runs, even a fresh one of its own: writers waiting on SQLite's one write lock held all 15 pooled
+    connections ("QueuePool limit ... reached", "database is locked"), every write got 503, and the
+    worker took no scheduled run for 5 minutes. PostgreSQL has no such single lock."""
+    from prefect_gitops.production_server import missing_parts, running_production_server
 
     home = tmp_path_factory.mktemp("scheduled-server")
+    if missing_parts() is None:
+        with running_production_server(home, replicas=1) as server, pointed_at(server.api_urls[0]):
+            yield server.api_urls[0]
+        return
+    from prefect_gitops.local_server import free_port, running_server, server_env
+
     port = free_port()
     env = server_env(home, port)
     with running_server(home, port, {**os.environ, **env}), pointed_at(env["PREFECT_API_URL"]):
