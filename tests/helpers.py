@@ -207,6 +207,21 @@ def cli_json(*args: str, check_codes=(0,)) -> tuple[int, dict]:
     return done.returncode, json.loads(done.stdout)
 
 
+def cli_json_here(*args: str, check_codes=(0,)) -> tuple[int, dict]:
+    """`cli_json` run in this process: the same command and flow run (typer's CliRunner calls the CLI's
+    app), without a new Python process. Each process costs ~3 s of CPU importing Prefect, and CI has two
+    cores; tests that read only the JSON report use this, the tests of the process itself (exit without a
+    traceback, nothing secret on stderr or in the process list, the console script) use `cli`. A crash
+    raises here instead of becoming an exit code."""
+    from typer.testing import CliRunner
+
+    from prefect_gitops.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--output", "json"], catch_exceptions=False)
+    assert result.exit_code in check_codes, f"exit {result.exit_code}\nstdout:{result.stdout}"
+    return result.exit_code, json.loads(result.stdout)
+
+
 EVENTS_WAIT = 90.0  # generous: the server persists events in batches, later still on a loaded machine
 
 

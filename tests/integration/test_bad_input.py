@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from helpers import GitRepo, cli_json, create_deployment, create_pool, read_state, server_snapshot, uid
+from helpers import GitRepo, cli_json, cli_json_here, create_deployment, create_pool, read_state, server_snapshot, uid
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,8 @@ def test_bad_file_is_refused_and_nothing_is_written(estate, case):
     repo.commit_env(env, build(e))
     before = server_snapshot([e["pool"]], [e["daily"]])
 
-    code, planned = cli_json("plan", "--source", repo.url, "--env", env, check_codes=(1,))
-    code, applied = cli_json("apply", "--source", repo.url, "--env", env, check_codes=(1,))
+    code, planned = cli_json_here("plan", "--source", repo.url, "--env", env, check_codes=(1,))
+    code, applied = cli_json_here("apply", "--source", repo.url, "--env", env, check_codes=(1,))
     for report in (planned, applied):
         error = report["errors"][0]
         assert error["file"] == f"environments/{env}.yaml"

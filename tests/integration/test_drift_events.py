@@ -10,7 +10,7 @@ from helpers import (
     GitRepo,
     _with_client,
     cli,
-    cli_json,
+    cli_json_here,
     create_deployment,
     create_pool,
     deployment_job_variables,
@@ -55,7 +55,7 @@ def _setup(tmp_path, **drift):
                           "deployments": {daily: {"job_variables": {"image": IMAGE}}}})
     flags = ("--source", repo.url, "--env", env, "--quick")  # as scheduled runs: the event log first
     started = utcnow()
-    code, report = cli_json("apply", *flags)
+    code, report = cli_json_here("apply", *flags)
     assert report["status"] == "applied" and report["drift_check"] is None  # a new revision, not a drift check
     return env, pool, daily, flags, started
 
@@ -67,7 +67,7 @@ def test_own_writes_and_unmanaged_changes_are_not_drift_and_nothing_is_read(tmp_
     wait_for_change_event("prefect.deployment.updated", deployment_id, since=started)
     applied_state, _ = read_state(env)
 
-    code, report = cli_json("apply", *flags)
+    code, report = cli_json_here("apply", *flags)
     assert report["status"] == "in-sync" and report["drift_check"] == "event log", report
     state, _ = read_state(env)
     assert state.last_full_read_at == applied_state.last_full_read_at  # no full read was recorded
@@ -82,12 +82,12 @@ def test_own_writes_and_unmanaged_changes_are_not_drift_and_nothing_is_read(tmp_
     edited = utcnow()
     set_deployment_job_variables(daily, {"namespace": "jobs", "image": IMAGE, "cpu_request": "2"})
     wait_for_change_event("prefect.deployment.updated", deployment_id, since=edited)
-    code, report = cli_json("apply", *flags)
+    code, report = cli_json_here("apply", *flags)
     assert report["status"] == "in-sync" and report["drift_check"] == "event log", report
     assert deployment_job_variables(daily) == {"namespace": "jobs", "image": IMAGE, "cpu_request": "2"}
 
     # asked for: every target is read
-    code, report = cli_json("apply", *flags, "--full-check")
+    code, report = cli_json_here("apply", *flags, "--full-check")
     assert report["status"] == "in-sync" and report["drift_check"] == "full read: asked for"
     assert read_state(env)[0].last_full_read_at > state.last_full_read_at
 
@@ -99,7 +99,7 @@ def test_a_managed_change_in_the_event_log_is_read_and_corrected(tmp_path):
     edited = utcnow()
     set_deployment_job_variables(daily, {"namespace": "jobs", "image": "registry.example.com/flows:hotfix"})
     wait_for_change_event("prefect.deployment.updated", deployment_id, since=edited)
-    code, report = cli_json("apply", *flags)
+    code, report = cli_json_here("apply", *flags)
     assert report["drift_check"] == f"full read: deployment {daily!r}: image changed", report
     assert report["status"] == "applied"
     assert [(c["target"], c["key"], c["reason"]) for c in report["changes"]] == [(daily, "image", "drift")]
@@ -109,7 +109,7 @@ def test_a_managed_change_in_the_event_log_is_read_and_corrected(tmp_path):
     edited = utcnow()
     set_pool_default(pool, "image", "registry.example.com/flows:ui-edit")
     wait_for_change_event("prefect.work-pool.updated", f"prefect.work-pool.{_pool_id(pool)}", since=edited)
-    code, report = cli_json("apply", *flags)
+    code, report = cli_json_here("apply", *flags)
     assert report["drift_check"] == f"full read: work pool {pool!r}: image changed", report
     assert report["status"] == "applied"
     assert pool_default(pool, "image") == "registry.example.com/flows:1.4.2"
@@ -123,7 +123,7 @@ def test_a_quiet_check_leaves_the_persister_s_lag_to_the_next_one(tmp_path):
     env, pool, daily, flags, started = _setup(tmp_path)
     previous = read_state(env)[0].drift_checked_until  # the apply's full read: its start, less SKEW
     before_check = utcnow()
-    code, report = cli_json("apply", *flags)
+    code, report = cli_json_here("apply", *flags)
     assert report["drift_check"] == "event log", report
     state = read_state(env)[0]
     # the check asked the log at some t in [before_check, state.last_drift_check_at] (it records
@@ -145,7 +145,7 @@ def test_a_quiet_check_leaves_the_persister_s_lag_to_the_next_one(tmp_path):
     state.drift_checked_until = covered_after_event_check(state.drift_checked_until, edited)
     write_state(state, handle)
     assert read_state(env)[0].drift_checked_until <= edited  # the change is inside what the next check asks
-    code, report = cli_json("apply", *flags)
+    code, report = cli_json_here("apply", *flags)
     assert report["drift_check"] == f"full read: deployment {daily!r}: image changed", report
     assert deployment_job_variables(daily)["image"] == IMAGE
 
@@ -155,10 +155,10 @@ def test_every_target_is_read_once_the_full_read_interval_has_passed(tmp_path):
     state, handle = read_state(env)
     state.last_full_read_at = utcnow() - dt.timedelta(hours=2)
     write_state(state, handle)
-    code, report = cli_json("apply", *flags)
+    code, report = cli_json_here("apply", *flags)
     assert report["status"] == "in-sync" and report["drift_check"] == "full read: a full read is due", report
     assert read_state(env)[0].last_full_read_at > started
     # and 0 turns the event log off
     env2, pool2, daily2, flags2, _ = _setup(tmp_path / "off", full_read_interval_seconds=0)
-    code, report = cli_json("apply", *flags2)
+    code, report = cli_json_here("apply", *flags2)
     assert report["drift_check"] == "full read: drift.full_read_interval_seconds is 0", report

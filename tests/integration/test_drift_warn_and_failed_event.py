@@ -9,7 +9,7 @@ import pytest
 
 from helpers import (
     GitRepo,
-    cli_json,
+    cli_json_here,
     create_deployment,
     create_pool,
     deployment_job_variables,
@@ -41,33 +41,33 @@ def test_plan_exits_2_for_drift_in_warn_mode_and_apply_only_warns(estate):
     e = estate
     e["repo"].commit_env(e["env"], {"drift": {"mode": "warn", "check_interval_seconds": 0, "full_read_interval_seconds": 0},
                                     "deployments": {e["daily"]: {"job_variables": {"image": "flows:1.4.3"}}}})
-    cli_json("apply", *flags(e))
-    code, planned = cli_json("plan", *flags(e))
+    cli_json_here("apply", *flags(e))
+    code, planned = cli_json_here("plan", *flags(e))
     assert code == 0 and planned["changes"] == [] and planned["status"] == "in-sync", planned
 
     set_deployment_job_variables(e["daily"], {"namespace": "jobs", "image": "flows:hotfix"})
     warned = [(e["daily"], "image", "drift", "flows:hotfix", "flows:1.4.3", False)]
-    code, planned = cli_json("plan", *flags(e), check_codes=(2,))
+    code, planned = cli_json_here("plan", *flags(e), check_codes=(2,))
     assert [(c["target"], c["key"], c["reason"], c["old"], c["new"], c["apply"]) for c in planned["changes"]] == warned
 
-    code, applied = cli_json("apply", *flags(e))
+    code, applied = cli_json_here("apply", *flags(e))
     assert code == 0 and applied["status"] == "drift-warned" and applied["applied"] == 0, applied
     assert [(c["target"], c["key"], c["reason"], c["old"], c["new"], c["apply"]) for c in applied["changes"]] == warned
     assert deployment_job_variables(e["daily"]) == {"namespace": "jobs", "image": "flows:hotfix"}
     assert read_state(e["env"])[0].condition.reason == "DriftWarned"
-    cli_json("plan", *flags(e), check_codes=(2,))  # warned, not gone: still pending
+    cli_json_here("plan", *flags(e), check_codes=(2,))  # warned, not gone: still pending
 
     # corrected: nothing pending any more
-    code, applied = cli_json("apply", *flags(e, "--drift-mode", "correct"))
+    code, applied = cli_json_here("apply", *flags(e, "--drift-mode", "correct"))
     assert applied["status"] == "applied" and deployment_job_variables(e["daily"])["image"] == "flows:1.4.3", applied
-    code, planned = cli_json("plan", *flags(e))
+    code, planned = cli_json_here("plan", *flags(e))
     assert code == 0 and planned["changes"] == [], planned
 
     # warn asked for on the command line, over a file in correct mode
     e["repo"].commit_env(e["env"], {"drift": {"check_interval_seconds": 0},
                                     "deployments": {e["daily"]: {"job_variables": {"image": "flows:1.4.3"}}}})
     set_deployment_job_variables(e["daily"], {"namespace": "jobs", "image": "flows:hotfix"})
-    code, planned = cli_json("plan", *flags(e, "--drift-mode", "warn"), check_codes=(2,))
+    code, planned = cli_json_here("plan", *flags(e, "--drift-mode", "warn"), check_codes=(2,))
     assert [(c["reason"], c["apply"]) for c in planned["changes"]] == [("drift", False)], planned
 
 
@@ -80,14 +80,14 @@ def test_a_failed_reconcile_emits_the_failed_event_with_its_revision(estate):
     e = estate
     # a first failure (a deployment the server does not have), so an older failed event exists
     first_sha = e["repo"].commit_env(e["env"], {"deployments": {f"{e['flow']}/missing": {"job_variables": {"image": "flows:2"}}}})
-    code, first = cli_json("apply", *flags(e), check_codes=(1,))
+    code, first = cli_json_here("apply", *flags(e), check_codes=(1,))
     assert first["status"] == "failed", first
     assert [ev["payload"]["revision"] for ev in events_of_run(e["env"], first["flow_run_id"])] == [first_sha]
 
     # this run fails too: the new image fails its smoke test, so the change is held back
     sha = e["repo"].commit_env(e["env"], {"smoke_test": {"kind": "process", "process": {"command": FAILING_CHECK}},
                                           "deployments": {e["daily"]: {"job_variables": {"image": "flows:bad"}}}})
-    code, report = cli_json("apply", *flags(e), check_codes=(1,))
+    code, report = cli_json_here("apply", *flags(e), check_codes=(1,))
     assert report["status"] == "failed" and report["revision"] == sha and report["applied"] == 0, report
 
     events = events_of_run(e["env"], report["flow_run_id"])

@@ -18,7 +18,7 @@ import pytest
 
 from helpers import (
     GitRepo,
-    cli_json,
+    cli_json_here,
     create_deployment,
     create_pool,
     deployment_job_variables,
@@ -58,7 +58,7 @@ def test_dry_run_writes_nothing_cli_and_flow(estate):
     e = estate
     e["repo"].commit_env(e["env"], {"work_pools": {e["pool"]: {"job_variables": {"image": "flows:1.4.2"}}},
                                     "deployments": {e["daily"]: {"job_variables": {"image": "flows:1.4.3"}}}})
-    cli_json("apply", *flags(e))
+    cli_json_here("apply", *flags(e))
     # pending: drift on daily, a new revision that changes the pool and takes over hourly
     set_deployment_job_variables(e["daily"], {"namespace": "jobs", "image": "flows:hotfix"})
     sha = e["repo"].commit_env(e["env"], {"work_pools": {e["pool"]: {"job_variables": {"image": "flows:1.5.0"}}},
@@ -70,7 +70,7 @@ def test_dry_run_writes_nothing_cli_and_flow(estate):
     server = server_snapshot([e["pool"]], [e["daily"], e["hourly"]])
     state = recorded(e["env"])
 
-    code, report = cli_json("apply", *flags(e, "--dry-run"))
+    code, report = cli_json_here("apply", *flags(e, "--dry-run"))
     assert report["status"] == "planned" and report["applied"] == 0 and report["revision"] == sha, report
     assert {(c["target"], c["key"], c["old"], c["new"], c["reason"]) for c in report["changes"]} == pending
     assert server_snapshot([e["pool"]], [e["daily"], e["hourly"]]) == server
@@ -84,7 +84,7 @@ def test_dry_run_writes_nothing_cli_and_flow(estate):
     assert recorded(e["env"]) == state
 
     # the changes were real: without the dry run they are applied
-    code, report = cli_json("apply", *flags(e))
+    code, report = cli_json_here("apply", *flags(e))
     assert report["status"] == "applied" and report["applied"] == 3, report
     assert deployment_job_variables(e["hourly"]) == {"image": "flows:2.0.0"}
 

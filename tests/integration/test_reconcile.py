@@ -6,7 +6,7 @@ import pytest
 
 from helpers import (
     GitRepo,
-    cli_json,
+    cli_json_here,
     create_deployment,
     create_pool,
     deployment_job_variables,
@@ -61,7 +61,7 @@ def test_plan_apply_noop_and_git_change(estate):
     e = estate
     sha1 = e["repo"].commit_env(e["env"], desired(e))
 
-    code, planned = cli_json("plan", *flags(e), check_codes=(2,))
+    code, planned = cli_json_here("plan", *flags(e), check_codes=(2,))
     assert planned["revision"] == sha1 and planned["environment"] == e["env"] and planned["errors"] == []
     got = {(c["target_type"], c["target"], c["key"], c["action"], c["reason"]) for c in planned["changes"]}
     assert got == {
@@ -71,7 +71,7 @@ def test_plan_apply_noop_and_git_change(estate):
     }
     assert deployment_job_variables(e["daily"]) == {"namespace": "jobs"}  # plan wrote nothing
 
-    code, applied = cli_json("apply", *flags(e))
+    code, applied = cli_json_here("apply", *flags(e))
     assert applied["applied"] == 3 and applied["flow_run_id"] and applied["status"] == "applied"
     assert pool_default(e["pool"], "image") == "registry.example.com/flows:1.4.2"
     assert deployment_job_variables(e["daily"]) == {
@@ -84,10 +84,10 @@ def test_plan_apply_noop_and_git_change(estate):
     assert state.inventory.work_pools[e["pool"]]["image"].previous == "registry.example.com/flows:1.0.0"
 
     # a second apply writes nothing; with --quick (as scheduled runs) it stops at the shortcut
-    code, again = cli_json("apply", *flags(e, "--quick"))
+    code, again = cli_json_here("apply", *flags(e, "--quick"))
     assert again["applied"] == 0 and again["status"] == "up-to-date"  # Git unchanged, no drift check due yet
     assert len(read_state(e["env"])[0].history) == 1
-    code, planned = cli_json("plan", *flags(e), check_codes=(0,))
+    code, planned = cli_json_here("plan", *flags(e), check_codes=(0,))
     assert planned["changes"] == [] and planned["status"] == "in-sync"
     shown = cli("plan", *flags(e)).stdout
     assert "In sync" in shown and "dry run" in shown and "Planned only" not in shown
@@ -96,7 +96,7 @@ def test_plan_apply_noop_and_git_change(estate):
 
     # Git moves: only the changed key is applied
     sha2 = e["repo"].commit_env(e["env"], desired(e, daily_image="registry.example.com/flows:1.5.0"))
-    code, applied = cli_json("apply", *flags(e))
+    code, applied = cli_json_here("apply", *flags(e))
     assert applied["revision"] == sha2 and applied["applied"] == 1
     assert [(c["target"], c["key"], c["old"], c["new"]) for c in applied["changes"]] == [
         (e["daily"], "image", "registry.example.com/flows:1.4.3", "registry.example.com/flows:1.5.0")]
@@ -107,13 +107,13 @@ def test_plan_apply_noop_and_git_change(estate):
 def test_drift_is_corrected_and_reported(estate):
     e = estate
     e["repo"].commit_env(e["env"], desired(e))
-    cli_json("apply", *flags(e))
+    cli_json_here("apply", *flags(e))
     # someone edits the deployment and the pool in the UI
     set_deployment_job_variables(e["daily"], {
         "namespace": "jobs", "image": "registry.example.com/flows:hotfix", "env": {"LOG_LEVEL": "debug"}})
     set_pool_default(e["pool"], "image", "registry.example.com/flows:ui-edit")
 
-    code, planned = cli_json("plan", *flags(e), check_codes=(2,))
+    code, planned = cli_json_here("plan", *flags(e), check_codes=(2,))
     assert {(c["target"], c["key"], c["reason"], c["old"]) for c in planned["changes"]} == {
         (e["daily"], "image", "drift", "registry.example.com/flows:hotfix"),
         (e["pool"], "image", "drift", "registry.example.com/flows:ui-edit"),
@@ -121,7 +121,7 @@ def test_drift_is_corrected_and_reported(estate):
     # Git has not moved, but a drift check is due (the default interval is for scheduled runs;
     # the file sets 0 here so every reconcile checks)
     e["repo"].commit_env(e["env"], desired(e, drift={"check_interval_seconds": 0}))
-    code, applied = cli_json("apply", *flags(e))
+    code, applied = cli_json_here("apply", *flags(e))
     assert applied["applied"] == 2
     assert deployment_job_variables(e["daily"])["image"] == "registry.example.com/flows:1.4.3"
     assert pool_default(e["pool"], "image") == "registry.example.com/flows:1.4.2"
@@ -147,14 +147,14 @@ def test_drift_is_corrected_and_reported(estate):
 def test_drift_warn_reports_without_writing(estate):
     e = estate
     e["repo"].commit_env(e["env"], desired(e, drift={"mode": "warn", "check_interval_seconds": 0}))
-    cli_json("apply", *flags(e))
+    cli_json_here("apply", *flags(e))
     edited = utcnow()
     set_deployment_job_variables(e["daily"], {"image": "registry.example.com/flows:hotfix"})
     # Git unchanged and the last check in sync: the check asks the event log, where the edit shows
     # once the server has persisted its event (here the estate's creation, just before, shows too)
     wait_for_change_event("prefect.deployment.updated", f"prefect.deployment.{read_deployment(e['daily']).id}", edited)
 
-    code, result = cli_json("apply", *flags(e, "--quick"))
+    code, result = cli_json_here("apply", *flags(e, "--quick"))
     assert result["drift_check"].startswith("full read: ")
     assert result["status"] == "drift-warned" and result["applied"] == 0
     # both edits (image changed, env dropped) are drift: reported, not corrected
@@ -164,20 +164,20 @@ def test_drift_warn_reports_without_writing(estate):
     state, _ = read_state(e["env"])
     assert state.condition.reason == "DriftWarned" and state.condition.ready is False
     # the flag overrides the file
-    code, result = cli_json("apply", *flags(e, "--drift-mode", "correct"))
+    code, result = cli_json_here("apply", *flags(e, "--drift-mode", "correct"))
     assert deployment_job_variables(e["daily"])["image"] == "registry.example.com/flows:1.4.3"
 
 
 def test_removed_keys_are_unset_and_pool_defaults_restored(estate):
     e = estate
     e["repo"].commit_env(e["env"], desired(e, extra_daily={"namespace": "etl"}))
-    cli_json("apply", *flags(e))
+    cli_json_here("apply", *flags(e))
     assert deployment_job_variables(e["daily"])["namespace"] == "etl"
 
     # drop the pool section and the deployment's env key
     e["repo"].commit_env(e["env"], {"deployments": {e["daily"]: {"job_variables": {
         "image": "registry.example.com/flows:1.4.3", "namespace": "etl"}}}})
-    code, result = cli_json("apply", *flags(e))
+    code, result = cli_json_here("apply", *flags(e))
     assert {(c["target"], c["key"], c["action"]) for c in result["changes"]} == {
         (e["daily"], "env", "unset"), (e["pool"], "image", "set")}
     assert deployment_job_variables(e["daily"]) == {"namespace": "etl", "image": "registry.example.com/flows:1.4.3"}
@@ -189,7 +189,7 @@ def test_removed_keys_are_unset_and_pool_defaults_restored(estate):
     # removing it from Git unsets it, while hourly (never in Git) keeps whatever it has
     set_deployment_job_variables(e["hourly"], {"cpu_request": "2"})
     e["repo"].commit_env(e["env"], {"allow_empty": True, "deployments": {}})  # every managed key goes: consent
-    cli_json("apply", *flags(e))
+    cli_json_here("apply", *flags(e))
     assert deployment_job_variables(e["daily"]) == {}
     assert deployment_job_variables(e["hourly"]) == {"cpu_request": "2"}
 
@@ -197,9 +197,9 @@ def test_removed_keys_are_unset_and_pool_defaults_restored(estate):
 def test_status_artifact_and_history(estate):
     e = estate
     sha = e["repo"].commit_env(e["env"], desired(e))
-    code, applied = cli_json("apply", *flags(e))
+    code, applied = cli_json_here("apply", *flags(e))
 
-    code, status = cli_json("status", "--env", e["env"])
+    code, status = cli_json_here("status", "--env", e["env"])
     assert status["last_applied_revision"] == sha and status["last_attempted_revision"] == sha
     assert status["condition"]["ready"] is True and status["condition"]["reason"] == "Applied"
     assert status["history"][0]["flow_run_id"] == applied["flow_run_id"]

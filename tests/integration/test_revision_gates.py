@@ -10,7 +10,7 @@ from __future__ import annotations
 from helpers import (
     GitRepo,
     cli,
-    cli_json,
+    cli_json_here,
     create_deployment,
     create_pool,
     deployment_job_variables,
@@ -134,7 +134,7 @@ def test_rewritten_history_is_refused_and_rollback_keeps_working(tmp_path):
     # force-pushed to an unrelated commit, the old one gone from the remote: refused, nothing written
     rewritten = _force_push_unrelated(e["repo"], {"env": e["env"], **_doc(e, pool_image="flows:9.9.9")})
     before = _snapshot(e)
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", e["env"], check_codes=(EXIT_REFUSED,))
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", e["env"], check_codes=(EXIT_REFUSED,))
     assert report["status"] == "refused" and report["revision"] == rewritten and report["applied"] == 0
     assert f"does not descend from {on_top[:12]}" in report["message"] and "--allow-history-rewrite" in report["message"]
     assert _snapshot(e) == before
@@ -143,7 +143,7 @@ def test_rewritten_history_is_refused_and_rollback_keeps_working(tmp_path):
     assert state.last_attempted_revision == rewritten
 
     # with the flag (the CLI runs the reconcile flow with allow_history_rewrite: the parameter too): applied
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", e["env"], "--allow-history-rewrite")
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", e["env"], "--allow-history-rewrite")
     assert report["status"] == "applied" and report["revision"] == rewritten
     assert pool_default(e["pool"], "image") == "flows:9.9.9"
 
@@ -151,7 +151,7 @@ def test_rewritten_history_is_refused_and_rollback_keeps_working(tmp_path):
     # history to compare, so no refusal; the history check resumes within the new repository
     moved = GitRepo(tmp_path / "moved")
     elsewhere = moved.commit_env(e["env"], _doc(e, pool_image="flows:10.0.0"))
-    code, report = cli_json("apply", "--source", moved.url, "--env", e["env"])
+    code, report = cli_json_here("apply", "--source", moved.url, "--env", e["env"])
     assert report["status"] == "applied" and report["revision"] == elsewhere, report
     assert read_state(e["env"])[0].last_applied_source == GitSource(moved.url).display
 
@@ -164,15 +164,15 @@ def test_apply_applies_the_drift_plan_shows(tmp_path):
     drifted = {"namespace": "jobs", "image": "flows:hotfix", "env": {"A": "1"}}
 
     set_deployment_job_variables(e["daily"], drifted)
-    code, planned = cli_json("plan", *flags, check_codes=(2,))
+    code, planned = cli_json_here("plan", *flags, check_codes=(2,))
     assert [(c["key"], c["reason"]) for c in planned["changes"]] == [("image", "drift")]
     # right after, with Git unchanged and no drift check due: a person's apply corrects it
-    code, applied = cli_json("apply", *flags)
+    code, applied = cli_json_here("apply", *flags)
     assert applied["status"] == "applied" and applied["applied"] == 1, applied
     assert deployment_job_variables(e["daily"])["image"] == "flows:2.0.1"
 
     # --quick is the scheduled runs' shortcut: Git unchanged, no check due -> up to date, drift left
     set_deployment_job_variables(e["daily"], drifted)
-    code, quick = cli_json("apply", *flags, "--quick")
+    code, quick = cli_json_here("apply", *flags, "--quick")
     assert quick["status"] == "up-to-date" and quick["applied"] == 0, quick
     assert deployment_job_variables(e["daily"])["image"] == "flows:hotfix"

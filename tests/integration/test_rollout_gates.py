@@ -15,7 +15,7 @@ from fake_k8s import FakeKubernetes
 from helpers import (
     GitRepo,
     cli,
-    cli_json,
+    cli_json_here,
     create_deployment,
     create_pool,
     deployment_job_variables,
@@ -138,7 +138,7 @@ def test_waves_run_in_order_and_a_failed_wave_stops_the_rollout(estate):
                                 e["b"]: {"job_variables": {"image": b}}, e["c"]: {"job_variables": {"image": c}}}}
 
     e["repo"].commit_env(env, doc("flows:a2", "flows:b2", "flows:c2"))
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", env)
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", env)
     assert [(w["wave"], w["name"], w["state"], w["changes"]) for w in report["waves"]] == [
         (1, "wave 1", "applied", 1), (2, "the rest", "applied", 2)]
     lines = e["marker"].read_text().splitlines()
@@ -150,7 +150,7 @@ def test_waves_run_in_order_and_a_failed_wave_stops_the_rollout(estate):
 
     before = server_snapshot([e["pool"]], [e["b"], e["c"]])
     e["repo"].commit_env(env, doc("flows:a3-bad", "flows:b3", "flows:c3"))
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", env, check_codes=(1,))
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", env, check_codes=(1,))
     assert [(w["wave"], w["state"]) for w in report["waves"]] == [(1, "failed"), (2, "not started")]
     assert server_snapshot([e["pool"]], [e["b"], e["c"]]) == before
     assert deployment_job_variables(e["a"]) == {"image": "flows:a2"}
@@ -165,21 +165,21 @@ def test_promotion_gate_requires_the_image_to_soak_in_the_previous_environment(e
                                     "deployments": {e["b"]: {"job_variables": {"image": image}}}}
     e["repo"].commit_env(prod, prod_doc("flows:5", 3600))
 
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", prod, check_codes=(4,))
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", prod, check_codes=(4,))
     assert report["status"] == "waiting" and "never been reconciled" in report["message"]
-    cli_json("apply", "--source", e["repo"].url, "--env", qa)
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", prod, check_codes=(4,))
+    cli_json_here("apply", "--source", e["repo"].url, "--env", qa)
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", prod, check_codes=(4,))
     assert "needs 3600s" in report["message"] and deployment_job_variables(e["b"]) == {}
     state, _ = read_state(prod)
     assert state.condition.reason == "PromotionPending" and state.last_applied_revision is None
 
     e["repo"].commit_env(prod, prod_doc("flows:6", 0))  # an image qa never ran
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", prod, check_codes=(4,))
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", prod, check_codes=(4,))
     assert f"flows:6: not running in '{qa}'" in report["message"]
 
     e["repo"].commit_env(prod, prod_doc("flows:5", 1))
     time.sleep(1.5)
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", prod)
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", prod)
     assert report["status"] == "applied" and deployment_job_variables(e["b"]) == {"image": "flows:5"}
 
 
@@ -188,16 +188,16 @@ def test_deny_window_blocks_apply_and_the_override_applies(estate):
     env = f"win{e['u']}"
     always = [{"kind": "deny", "schedule": "* * * * *", "duration": "5m", "description": "freeze"}]
     e["repo"].commit_env(env, {"sync_windows": always, "deployments": {e["a"]: {"job_variables": {"image": "flows:7"}}}})
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", env, check_codes=(4,))
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", env, check_codes=(4,))
     assert report["status"] == "window-closed" and "inside deny window" in report["message"]
     assert report["changes"][0]["new"] == "flows:7" and deployment_job_variables(e["a"]) == {}
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", env, "--override-windows")
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", env, "--override-windows")
     assert report["status"] == "applied" and deployment_job_variables(e["a"]) == {"image": "flows:7"}
 
     # an allow window that is never open now blocks too
     e["repo"].commit_env(env, {"sync_windows": [{"kind": "allow", "schedule": "0 0 1 1 *", "duration": "1m"}],
                                "deployments": {e["a"]: {"job_variables": {"image": "flows:8"}}}})
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", env, check_codes=(4,))
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", env, check_codes=(4,))
     assert "outside every allow window" in report["message"]
 
 
@@ -206,20 +206,20 @@ def test_suspend_stops_apply_and_drift_correction_resume_restores(estate):
     env = f"sus{e['u']}"
     e["repo"].commit_env(env, {"drift": {"check_interval_seconds": 0},
                                "deployments": {e["a"]: {"job_variables": {"image": "flows:1"}}}})
-    cli_json("apply", "--source", e["repo"].url, "--env", env)
+    cli_json_here("apply", "--source", e["repo"].url, "--env", env)
     assert "suspended" in cli("suspend", "--env", env, "--reason", "incident 42").stdout
 
     set_deployment_job_variables(e["a"], {"image": "flows:hotfix"})  # drift
     e["repo"].commit_env(env, {"drift": {"check_interval_seconds": 0},
                                "deployments": {e["a"]: {"job_variables": {"image": "flows:1"}},
                                                e["b"]: {"job_variables": {"image": "flows:2"}}}})
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", env, check_codes=(4,))
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", env, check_codes=(4,))
     assert report["status"] == "suspended" and "incident 42" in report["message"]
     assert deployment_job_variables(e["a"]) == {"image": "flows:hotfix"} and deployment_job_variables(e["b"]) == {}
     assert "suspended:                yes" in cli("status", "--env", env).stdout
 
     cli("resume", "--env", env)
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", env)
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", env)
     assert report["status"] == "applied"
     assert deployment_job_variables(e["a"]) == {"image": "flows:1"} and deployment_job_variables(e["b"]) == {"image": "flows:2"}
 
@@ -237,11 +237,11 @@ deployments:
       image: registry.example.com/flows:1.0.0   # pinned
       env: {{LOG_LEVEL: info}}
 """)
-    cli_json("apply", "--source", e["repo"].url, "--env", qa)
-    cli_json("apply", "--source", e["repo"].url, "--env", prod)
+    cli_json_here("apply", "--source", e["repo"].url, "--env", qa)
+    cli_json_here("apply", "--source", e["repo"].url, "--env", prod)
     assert deployment_job_variables(e["b"])["image"] == "registry.example.com/flows:1.0.0"
 
-    code, report = cli_json("promote", "--source", e["repo"].url, "--from", qa, "--to", prod)
+    code, report = cli_json_here("promote", "--source", e["repo"].url, "--from", qa, "--to", prod)
     assert report["status"] == "promoted" and report["changes"][0]["new"] == "registry.example.com/flows:2.0.0"
     head = e["repo"].git("rev-parse", "HEAD")
     assert report["revision"] == head
@@ -251,7 +251,7 @@ deployments:
                        "+      image: registry.example.com/flows:2.0.0   # pinned"]
     assert e["repo"].git("log", "-1", "--format=%an %s") == f"prefect-gitops prefect-gitops: promote {qa} -> {prod}"
 
-    code, report = cli_json("apply", "--source", e["repo"].url, "--env", prod)
+    code, report = cli_json_here("apply", "--source", e["repo"].url, "--env", prod)
     assert report["revision"] == head and deployment_job_variables(e["b"])["image"] == "registry.example.com/flows:2.0.0"
-    code, report = cli_json("promote", "--source", e["repo"].url, "--from", qa, "--to", prod)
+    code, report = cli_json_here("promote", "--source", e["repo"].url, "--from", qa, "--to", prod)
     assert report["status"] == "in-sync" and e["repo"].git("rev-parse", "HEAD") == head

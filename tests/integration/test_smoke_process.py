@@ -9,7 +9,7 @@ import pytest
 from helpers import (
     GitRepo,
     cli,
-    cli_json,
+    cli_json_here,
     create_deployment,
     create_pool,
     deployment_job_variables,
@@ -50,7 +50,7 @@ def doc(e, a="flows:2.0.0", b="flows:2.0.0", gate=None, **smoke):
 
 
 def apply(e, *more, codes=(0,)):
-    return cli_json("apply", "--source", e["repo"].url, "--env", e["env"], *more, check_codes=codes)[1]
+    return cli_json_here("apply", "--source", e["repo"].url, "--env", e["env"], *more, check_codes=codes)[1]
 
 
 def test_process_smoke_test_passes_then_applies(estate):
@@ -144,7 +144,7 @@ def test_manual_rollback_by_revision_and_by_steps(estate):
     assert result["status"] == "applied" and deployment_job_variables(e["a"]) == {"image": "flows:3"}
 
     # one step back from r3 is r2
-    code, out = cli_json("rollback", "--env", e["env"], "--steps", "1")
+    code, out = cli_json_here("rollback", "--env", e["env"], "--steps", "1")
     assert out["revision"] == r2
     assert deployment_job_variables(e["a"]) == {"image": "flows:2"}
     assert deployment_job_variables(e["b"]) == {"image": "flows:1"}
@@ -175,7 +175,7 @@ def rollback_by_revision_holds_reconciles(e) -> tuple[str, str, str]:
     r3 = e["repo"].commit_env(e["env"], _plain(e, "flows:3", "flows:3"))
     apply(e)
 
-    code, out = cli_json("rollback", "--env", e["env"], "--to", r1[:10])
+    code, out = cli_json_here("rollback", "--env", e["env"], "--to", r1[:10])
     assert out["status"] == "rolled-back" and out["revision"] == r1
     assert deployment_job_variables(e["a"]) == {"image": "flows:1"}
     assert deployment_job_variables(e["b"]) == {"image": "flows:1"}
@@ -187,7 +187,7 @@ def rollback_by_revision_holds_reconciles(e) -> tuple[str, str, str]:
     assert deployment_job_variables(e["a"]) == {"image": "flows:1"}
     status = cli("status", "--env", e["env"]).stdout
     assert "rolled back:              yes (manual)" in status
-    code, st = cli_json("status", "--env", e["env"])
+    code, st = cli_json_here("status", "--env", e["env"])
     assert st["rolled_back"]["from_revision"] == r3 and st["last_applied_revision"] == r1
     events = read_events("prefect-gitops.rollback", e["env"], flow_run_id=out["flow_run_id"])
     assert [ev["payload"]["revision"] for ev in events] == [r1]

@@ -23,7 +23,7 @@ from write_recorder import WriteRecorder
 from helpers import (
     GitRepo,
     _with_client,
-    cli_json,
+    cli_json_here,
     create_deployment,
     create_pool,
     deployment_job_variables,
@@ -108,7 +108,7 @@ def test_waves_select_by_tags_and_work_pool_patterns_and_an_explicit_wave_wins(t
             plain: {"job_variables": {"image": "flows:plain"}},
         }})
 
-    code, report = cli_json("apply", "--source", repo.url, "--env", env)
+    code, report = cli_json_here("apply", "--source", repo.url, "--env", env)
     assert report["status"] == "applied" and report["applied"] == 7, report
     assert waves_of(report) == [
         (0, "wave 0", "applied", 2),  # the untagged deployment and the pool no pattern matches
@@ -197,7 +197,7 @@ def test_an_image_proven_in_an_earlier_wave_is_not_tested_again(tmp_path):
                         again: {"job_variables": {"image": "flows:proven"}},
                         new: {"job_variables": {"image": "flows:fresh"}}}})
 
-    code, report = cli_json("apply", "--source", repo.url, "--env", env)
+    code, report = cli_json_here("apply", "--source", repo.url, "--env", env)
     assert waves_of(report) == [(1, "wave 1", "applied", 1), (2, "fleet", "applied", 2)]
     runs = smoke_runs(marker)
     # flows:proven was tested once, in wave 1; wave 2 tested only the image it brought first
@@ -233,7 +233,7 @@ def qa_prod(tmp_path):
 
 
 def apply(e, env, codes=(0,)):
-    return cli_json("apply", "--source", e["repo"].url, "--env", env, check_codes=codes)[1]
+    return cli_json_here("apply", "--source", e["repo"].url, "--env", env, check_codes=codes)[1]
 
 
 def assert_promotion_pending(e, why: str) -> None:
@@ -273,7 +273,7 @@ def test_promotion_waits_while_the_source_environment_is_rolled_back(qa_prod):
     apply(e, e["qa"])
     e["repo"].commit_env(e["qa"], e["qa_doc"]("flows:6"))
     apply(e, e["qa"])
-    code, report = cli_json("rollback", "--env", e["qa"], "--steps", "1")
+    code, report = cli_json_here("rollback", "--env", e["qa"], "--steps", "1")
     assert report["status"] == "rolled-back"
     assert deployment_job_variables(e["qa_deployment"]) == {"image": "flows:5"}  # flows:5 runs in qa again
     # reconciles of qa hold (rolled back, exit 0) and leave it rolled back
@@ -317,7 +317,7 @@ deployments:
     repo.commit_env(prod, prod_file)
     assert apply({"repo": repo}, qa)["applied"] == 3
 
-    code, report = cli_json("promote", "--source", repo.url, "--from", qa, "--to", prod)
+    code, report = cli_json_here("promote", "--source", repo.url, "--from", qa, "--to", prod)
     assert report["status"] == "promoted", report
     assert [(c["target_type"], c["target"], c["old"], c["new"]) for c in report["changes"]] == [
         ("deployment", f"{flow}/daily", "reg.example.com/flows:1.0", "reg.example.com/flows:2.0"),

@@ -16,7 +16,7 @@ import pytest
 from helpers import (
     GitRepo,
     cli,
-    cli_json,
+    cli_json_here,
     create_deployment,
     create_pool,
     deployment_job_variables,
@@ -53,7 +53,7 @@ def test_sync_windows_are_read_in_their_timezone(estate):
     kolkata = [{"kind": "deny", "schedule": opened_two_minutes_ago_in("Asia/Kolkata"), "duration": "30m",
                 "timezone": "Asia/Kolkata", "description": "Diwali freeze"}]
     e["repo"].commit_env(e["env"], {"sync_windows": kolkata, "deployments": {e["a"]: {"job_variables": {"image": "flows:2"}}}})
-    code, report = cli_json("apply", *flags(e), check_codes=(4,))
+    code, report = cli_json_here("apply", *flags(e), check_codes=(4,))
     assert report["status"] == "window-closed" and report["applied"] == 0, report
     assert "inside deny window" in report["message"] and "Asia/Kolkata: Diwali freeze" in report["message"]
     assert [(c["target"], c["new"]) for c in report["changes"]] == [(e["a"], "flows:2")]
@@ -65,7 +65,7 @@ def test_sync_windows_are_read_in_their_timezone(estate):
                  "timezone": "America/New_York", "description": "NY freeze"}]
     sha = e["repo"].commit_env(e["env"], {"sync_windows": new_york,
                                           "deployments": {e["a"]: {"job_variables": {"image": "flows:2"}}}})
-    code, report = cli_json("apply", *flags(e))
+    code, report = cli_json_here("apply", *flags(e))
     assert report["status"] == "applied" and report["applied"] == 1, report
     assert deployment_job_variables(e["a"]) == {"image": "flows:2"}
     assert read_state(e["env"])[0].last_applied_revision == sha
@@ -78,12 +78,12 @@ def test_drift_correction_is_held_inside_a_deny_window(estate):
     e["repo"].commit_env(e["env"], {"sync_windows": freeze,
                                     "drift": {"check_interval_seconds": 0, "full_read_interval_seconds": 0},
                                     "deployments": {e["a"]: {"job_variables": {"image": "flows:2"}}}})
-    cli_json("apply", *flags(e, "--override-windows"))
+    cli_json_here("apply", *flags(e, "--override-windows"))
     assert deployment_job_variables(e["a"]) == {"image": "flows:2"}
     applied, _ = read_state(e["env"])
 
     set_deployment_job_variables(e["a"], {"image": "flows:hotfix"})  # changed outside Git
-    code, report = cli_json("apply", *flags(e), check_codes=(4,))
+    code, report = cli_json_here("apply", *flags(e), check_codes=(4,))
     # reported as drift ...
     assert report["status"] == "window-closed" and "inside deny window" in report["message"], report
     assert [(c["target"], c["key"], c["reason"], c["old"], c["new"], c["apply"]) for c in report["changes"]] == [
@@ -96,7 +96,7 @@ def test_drift_correction_is_held_inside_a_deny_window(estate):
     assert state.inventory.deployments[e["a"]]["image"].value == "flows:2"
 
     # the override corrects it
-    code, report = cli_json("apply", *flags(e, "--override-windows"))
+    code, report = cli_json_here("apply", *flags(e, "--override-windows"))
     assert report["status"] == "applied" and deployment_job_variables(e["a"]) == {"image": "flows:2"}, report
 
 
@@ -134,7 +134,7 @@ def recorded(env: str) -> str:
 def test_suspend_and_resume_wait_for_the_environment_lock(estate):
     e = estate
     e["repo"].commit_env(e["env"], {"deployments": {e["a"]: {"job_variables": {"image": "flows:1"}}}})
-    cli_json("apply", *flags(e))
+    cli_json_here("apply", *flags(e))
 
     # a rollout that holds the environment's lock until the test creates `release`: its process smoke
     # test announces itself in `started`, then waits

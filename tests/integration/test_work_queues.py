@@ -8,7 +8,7 @@ from pathlib import Path
 from helpers import (
     GitRepo,
     _with_client,
-    cli_json,
+    cli_json_here,
     create_canary_deployment,
     create_canary_pool,
     process_worker,
@@ -37,14 +37,14 @@ def test_work_queues_are_created_kept_and_drift_corrected(tmp_path):
     repo.commit_env(env, {"drift": {"check_interval_seconds": 0},
                           "rollout": {"control_queue": {"concurrency_limit": 2}},
                           "work_pools": {pool: {"work_queues": {"critical": {"priority": 2, "concurrency_limit": 5}}}}})
-    code, report = cli_json("apply", "--source", repo.url, "--env", env)
+    code, report = cli_json_here("apply", "--source", repo.url, "--env", env)
     assert report["status"] == "applied"
     got = queues(pool)
     assert got["prefect-gitops"] == (1, 2, False)
     assert got["critical"] == (2, 5, False)
     assert got["default"][0] == 3  # shifted down by the server, not managed
     # converged: the server's shifting of priorities is not mistaken for drift
-    code, report = cli_json("plan", "--source", repo.url, "--env", env, check_codes=(0,))
+    code, report = cli_json_here("plan", "--source", repo.url, "--env", env, check_codes=(0,))
     assert report["changes"] == []
 
     async def edit(client):
@@ -56,7 +56,7 @@ def test_work_queues_are_created_kept_and_drift_corrected(tmp_path):
     queue_id = run(_with_client(edit))
     # the drift check asks the event log first: the edit shows there once the server persisted it
     wait_for_change_event("prefect.work-queue.updated", f"prefect.work-queue.{queue_id}", edited)
-    code, report = cli_json("apply", "--source", repo.url, "--env", env, "--quick")
+    code, report = cli_json_here("apply", "--source", repo.url, "--env", env, "--quick")
     assert report["drift_check"].startswith("full read: "), report
     assert [(c["target"], c["key"], c["reason"]) for c in report["changes"]] == [(f"{pool}/critical", "concurrency_limit", "drift")]
     assert queues(pool)["critical"][1] == 5
@@ -68,7 +68,7 @@ def test_reconcile_on_the_control_queue_is_picked_before_a_backlog(tmp_path):
     create_canary_pool(pool)
     repo = GitRepo(tmp_path / "gitops")
     repo.commit_env(env, {"rollout": {"control_queue": {}}, "work_pools": {pool: {}}})
-    cli_json("apply", "--source", repo.url, "--env", env)
+    cli_json_here("apply", "--source", repo.url, "--env", env)
     assert queues(pool)["prefect-gitops"][0] == 1
 
     backlog_deployment = create_canary_deployment(f"backlog-{u}", pool)
