@@ -116,11 +116,16 @@ def test_trigger_exit_codes(control_plane):
 
     assert trigger("--wait", "--revision", "0" * 40).returncode == 1  # a revision that does not exist: Failed
     # the answer to the create lost once (the server made the run, the client sends it again): one run
+    # (no --wait: the client's retry after the lost answer can take longer than the run, which a
+    # --timeout 0 would then find ended, as CI once did)
     before = triggered()
     with LostAnswerProxy(lose=flow_run_creates) as proxy:
-        timed_out = trigger("--wait", "--timeout", "0", api_url=proxy.url)
-    assert timed_out.returncode == 124 and "still" in timed_out.stderr
-    assert len(proxy.lost) == 1 and len(triggered() - before) == 1, timed_out.stdout
+        started = trigger(api_url=proxy.url)
+    assert started.returncode == 0 and "started gitops-reconcile/reconcile-qa" in started.stdout, started.stderr
+    assert len(proxy.lost) == 1 and len(triggered() - before) == 1, started.stdout
+    # --wait past its --timeout: 124, the run goes on (polled at once, a new run is not ended yet)
+    timed_out = trigger("--wait", "--timeout", "0")
+    assert timed_out.returncode == 124 and "still" in timed_out.stderr, timed_out.stdout + timed_out.stderr
     for missing in (trigger("--deployment", "gitops-reconcile/no-such"), trigger("--env", "nosuchenv", "--wait")):
         assert missing.returncode == 1 and "no such deployment" in missing.stderr, missing.stderr
         assert "gitops-reconcile/reconcile-qa" in missing.stderr and "gitops-reconcile/reconcile-prod" in missing.stderr
