@@ -31,7 +31,6 @@ if "PREFECT_GITOPS_TEST_PORT" not in os.environ or os.environ.get("PREFECT_GITOP
 LONGEST_FIRST = [
     "integration/test_canary.py",
     "integration/test_production_server.py",
-    "integration/test_crash_and_cli.py",
     "integration/test_rollout_gates.py",
     "reliability/test_storm.py",
     "integration/test_control_deployments.py",
@@ -45,6 +44,7 @@ LONGEST_FIRST = [
     "reliability/test_kill_trials.py",
     "integration/test_hostile_input.py",
     "integration/test_smoke_process.py",
+    "integration/test_crash_and_cli.py",
     "integration/test_concurrent_creates.py",
     "integration/test_separate_servers.py",
     "integration/test_drift_events.py",
