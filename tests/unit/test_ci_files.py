@@ -347,7 +347,11 @@ def test_compat_job_runs_the_compat_script_on_python_313(ci: dict) -> None:
     assert "compat" in _job(ci, "build")["needs"], "no image is built from a commit whose package fails"
     run = (ROOT / ".ci" / "run").read_text()
     assert _readme_test_command() in run.splitlines(), ".ci/run runs the README's test command, verbatim"
-    assert ".ci/compat test" in run.split(_readme_test_command(), 1)[1], ".ci/run runs the compat tests after it"
+    before, after = run.split(_readme_test_command(), 1)
+    # the compatibility job starts beside the main suite and its result decides CI's too
+    assert ".ci/compat prepare" in before and ".ci/compat test" in before, ".ci/run runs the compat job"
+    assert 'wait "$compat" || compat_status=$?' in after and 'exit "$compat_status"' in after, \
+        ".ci/run waits for the compat job and fails with it"
 
 
 def test_build_job_pushes_the_commit_image(ci: dict) -> None:
